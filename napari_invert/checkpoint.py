@@ -1,0 +1,96 @@
+"""Model checkpoints as safetensors (weights) plus JSON (everything else).
+
+A checkpoint named ``stem`` is two files: ``stem.safetensors`` holds tensors only and
+``stem.json`` holds the architecture description, training state and free metadata.
+Neither format can execute code when loaded, unlike pickle (``torch.save``), so a
+checkpoint received from someone else is safe to open.
+
+Both files are written atomically; the JSON is written last and is the "commit" marker:
+a checkpoint without its JSON is treated as absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from napari_invert._io import atomic_path, read_json, write_json_atomic
+from napari_invert.errors import CheckpointError, DataError
+
+FORMAT_VERSION = 1
+
+
+def checkpoint_paths(stem: str | Path) -> tuple[Path, Path]:
+    """Return ``(weights_path, meta_path)`` for a checkpoint stem (suffixes stripped)."""
+    stem = Path(stem)
+    for suffix in (".safetensors", ".json"):
+        if stem.name.endswith(suffix):
+            stem = stem.with_name(stem.name[: -len(suffix)])
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def checkpoint_exists(stem: str | Path) -> bool:
+    """True when both files of the checkpoint exist."""
+    weights, meta = checkpoint_paths(stem)
+    return weights.is_file() and meta.is_file()
+
+
+def save_checkpoint(
+    stem: str | Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> tuple[Path, Path]:
+    """Save ``tensors`` (name -> tensor) and JSON-serialisable ``meta`` atomically.
+
+    Tensors are made contiguous and moved to the CPU; shared storage is cloned because
+    safetensors refuses aliased tensors.
+    """
+    weights_path, meta_path = checkpoint_paths(stem)
+    clean = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    with atomic_path(weights_path) as tmp:
+        save_file(clean, str(tmp))
+    write_json_atomic(meta_path, {"format_version": FORMAT_VERSION, **meta})
+    return weights_path, meta_path
+
+
+def load_checkpoint(
+    stem: str | Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a checkpoint saved by :func:`save_checkpoint`; returns ``(tensors, meta)``.
+
+    Raises :class:`CheckpointError` naming the file when either part is missing or corrupt.
+    """
+    weights_path, meta_path = checkpoint_paths(stem)
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: checkpoint weights not found")
+    try:
+        meta = read_json(meta_path)
+    except DataError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(meta, dict) or "format_version" not in meta:
+        raise CheckpointError(f"{meta_path}: not a napari-invert checkpoint description")
+    try:
+        tensors = load_file(str(weights_path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable safetensors file ({exc})") from None
+    return tensors, meta
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Return a module's parameters and buffers as a flat name -> tensor dict."""
+    return dict(module.state_dict())
+
+
+def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Any) -> None:
+    """Load ``tensors`` into ``module`` strictly, with an error naming ``source`` on mismatch."""
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{source}: weights do not fit the model ({first[0] if first else exc})"
+        ) from None

@@ -1,0 +1,1 @@
+"""Study runner: k-fold splits, victim training, inversion attack, artifacts."""
