@@ -243,13 +243,25 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_data_root() -> Path:
-    """The shared data folder: ``$NAPARI_INVERT_DATA`` or ``<repo>/../shared/data``."""
+    """The shared data folder.
+
+    ``$NAPARI_INVERT_DATA`` when set; otherwise ``../shared/data`` beside the repository
+    checkout this package was imported from, or beside the current working directory.
+    The returned folder may not exist (callers report that clearly).
+    """
     import os
 
     env = os.environ.get("NAPARI_INVERT_DATA")
     if env:
-        return Path(env).expanduser()
-    return (Path(__file__).resolve().parent.parent.parent / "shared" / "data").resolve()
+        return Path(env).expanduser().resolve()
+    candidates = [
+        Path(__file__).resolve().parent.parent.parent / "shared" / "data",
+        Path.cwd().resolve().parent / "shared" / "data",
+    ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    return candidates[0]
 
 
 def dump_config(config: StudyConfig) -> str:

@@ -1,0 +1,337 @@
+"""The k-fold inversion study: victims trained on private folds, attackers on the rest.
+
+For every variant (skull-stripped / full-head), fold and architecture the runner
+
+1. trains the victim segmenter on the fold's *private* subjects (Dice + cross-entropy),
+2. for every tap option of that architecture trains an inversion decoder on the fold's
+   *attack* subjects only (the attacker never sees a private image),
+3. reconstructs every private subject (and, for reference, the attack subjects) and writes
+   the reconstructions on the model grid and on each subject's native grid and affine.
+
+Each finished step is recorded in ``manifest.json``; rerunning the same command skips
+finished steps and resumes an interrupted training from its last checkpoint. Every file
+is written atomically, so a crash never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from napari_invert._io import write_json_atomic, write_text_atomic
+from napari_invert.config import StudyConfig, dump_config
+from napari_invert.errors import ConfigError
+from napari_invert.study.layout import StudyFolder
+from napari_invert.study.splits import Fold, make_splits, splits_document
+
+log = logging.getLogger(__name__)
+
+#: Settings that may differ between runs of one study folder without invalidating it.
+_RUNTIME_KEYS = ("device", "num_threads")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _comparable(config_dict: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config_dict.items() if k not in _RUNTIME_KEYS}
+
+
+class StudyRunner:
+    """Run (or resume) a study described by ``config`` into the folder ``out_dir``.
+
+    Parameters
+    ----------
+    config
+        The validated study configuration.
+    out_dir
+        Study folder; created if needed. A folder made with a different configuration is
+        refused (ConfigError) rather than silently mixed.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``; overrides ``config.device`` when given.
+    folds, variants, architectures
+        Restrict the run to a subset (default: everything in the config).
+    progress
+        Show tqdm progress bars.
+    """
+
+    def __init__(
+        self,
+        config: StudyConfig,
+        out_dir: str | Path,
+        device: str | None = None,
+        folds: Iterable[int] | None = None,
+        variants: Iterable[str] | None = None,
+        architectures: Iterable[str] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.folder = StudyFolder(Path(out_dir))
+        self.device_name = device or config.device
+        self.only_folds = None if folds is None else sorted(set(folds))
+        self.only_variants = None if variants is None else list(variants)
+        self.only_archs = None if architectures is None else list(architectures)
+        self.progress = progress
+        self._manifest: dict[str, Any] = {}
+        if self.only_folds is not None:
+            bad = [f for f in self.only_folds if not 0 <= f < config.folds]
+            if bad:
+                raise ConfigError(f"--folds: {bad} outside 0..{config.folds - 1}")
+        for name, chosen, allowed in (
+            ("variants", self.only_variants, config.preprocess.variants),
+            ("architectures", self.only_archs, config.segmenter.architectures),
+        ):
+            if chosen is not None and not set(chosen) <= set(allowed):
+                raise ConfigError(f"--{name}: {sorted(set(chosen) - set(allowed))} not in the config")
+
+    # -- manifest ----------------------------------------------------------------------
+    def _done(self, key: str) -> bool:
+        return key in self._manifest.get("steps", {})
+
+    def _mark(self, key: str, **info: Any) -> None:
+        self._manifest.setdefault("steps", {})[key] = {"finished": _now(), **info}
+        self.folder.write_manifest(self._manifest)
+
+    # -- set-up --------------------------------------------------------------------------
+    def _check_or_write_config(self) -> None:
+        root = self.folder.root
+        root.mkdir(parents=True, exist_ok=True)
+        current = self.config.model_dump(mode="json")
+        if self.folder.config_path.exists():
+            try:
+                previous = yaml.safe_load(self.folder.config_path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{self.folder.config_path}: unreadable ({exc})") from None
+            if _comparable(previous) != _comparable(current):
+                diff = sorted(
+                    k for k in set(previous) | set(current)
+                    if k not in _RUNTIME_KEYS and previous.get(k) != current.get(k)
+                )
+                raise ConfigError(
+                    f"{root}: this study folder was made with a different configuration "
+                    f"(differs in: {', '.join(diff)}); choose a new --out folder"
+                )
+        write_text_atomic(self.folder.config_path, dump_config(self.config))
+
+    def _load_cohort(self):  # -> Cohort
+        from napari_invert.data.cohort import Cohort
+
+        c = self.config.cohort
+        if c.kind == "demo":
+            from napari_invert.data.demo import make_demo_cohort
+
+            path = c.path or (self.folder.root / "demo_cohort")
+            make_demo_cohort(
+                path, n_subjects=c.n_subjects or 40, seed=c.seed, voxel_mm=c.demo_voxel_mm,
+                progress=self.progress,
+            )
+            return Cohort.from_path(path, kind="folder")
+        return Cohort.from_path(c.path, kind=c.kind, n_subjects=c.n_subjects)
+
+    def _splits(self, subject_ids: list[str]) -> list[Fold]:
+        folds = make_splits(subject_ids, self.config.folds, self.config.split_seed)
+        doc = splits_document(folds, self.config.split_seed)
+        if self.folder.splits_path.exists():
+            if self.folder.read_splits() != doc:
+                raise ConfigError(f"{self.folder.splits_path}: splits differ from this configuration")
+        else:
+            write_json_atomic(self.folder.splits_path, doc)
+        return folds
+
+    def _prepare(self, cohort, variant: str):  # -> PreparedCohort
+        from napari_invert.data.nifti import save_nifti
+        from napari_invert.data.prepare import prepare_cohort
+
+        prepared = prepare_cohort(
+            cohort,
+            self.config.preprocess,
+            multiple_of=self.config.multiple_of,
+            variant=variant,
+            label_mode=self.config.cohort.label_mode,
+            cache_dir=(self.folder.root / "cache") if self.config.preprocess.cache else None,
+            progress=self.progress,
+        )
+        key = f"data:{variant}"
+        if not self._done(key):
+            for s in prepared.subjects:
+                save_nifti(self.folder.original(variant, s.subject_id), s.image, prepared.affine)
+                save_nifti(self.folder.mask(variant, s.subject_id), s.mask.astype(np.uint8), prepared.affine)
+                if s.labels is not None:
+                    save_nifti(self.folder.labels(variant, s.subject_id), s.labels, prepared.affine)
+            self._mark(key, subjects=len(prepared.subjects))
+        return prepared
+
+    # -- the study -------------------------------------------------------------------------
+    def run(self) -> StudyFolder:
+        """Run every unfinished step; returns the study folder."""
+        from napari_invert.device import resolve_device, set_threads
+
+        t_start = time.perf_counter()
+        self._check_or_write_config()
+        self._manifest = self.folder.read_manifest()
+        if self.config.num_threads:
+            set_threads(self.config.num_threads)
+        device = resolve_device(self.device_name)
+        log.info("study %s on %s", self.folder.root, device)
+
+        cohort = self._load_cohort()
+        subject_ids = [s.subject_id for s in cohort.subjects]
+        folds = self._splits(subject_ids)
+        variants = self.only_variants or list(self.config.preprocess.variants)
+        prepared_by_variant = {v: self._prepare(cohort, v) for v in variants}
+
+        first = next(iter(prepared_by_variant.values()))
+        write_json_atomic(
+            self.folder.cohort_path,
+            {
+                "name": cohort.name,
+                "kind": self.config.cohort.kind,
+                "root": str(cohort.root),
+                "subject_ids": subject_ids,
+                "variants": variants,
+                "label_table": first.label_table.to_dict(),
+                "n_classes": first.label_table.n_classes,
+                "affine": np.asarray(first.affine).tolist(),
+                "shape": list(first.shape),
+            },
+        )
+
+        for variant, prepared in prepared_by_variant.items():
+            by_id = {s.subject_id: s for s in prepared.subjects}
+            for fold in folds:
+                if self.only_folds is not None and fold.fold not in self.only_folds:
+                    continue
+                self._run_fold(variant, fold, by_id, prepared, device)
+        self._manifest["last_run_seconds"] = round(time.perf_counter() - t_start, 1)
+        self.folder.write_manifest(self._manifest)
+        return self.folder
+
+    def _run_fold(self, variant: str, fold: Fold, by_id: dict, prepared, device) -> None:
+        from napari_invert.data.nifti import save_nifti
+
+        private = [by_id[s] for s in fold.private]
+        attack = [by_id[s] for s in fold.attack]
+        prior_path = self.folder.prior(variant, fold.fold)
+        if not prior_path.exists():
+            # The attacker's prior: mean of its own images only.
+            prior = np.mean([s.image for s in attack], axis=0).astype(np.float32)
+            save_nifti(prior_path, prior, prepared.affine)
+        archs = self.only_archs or list(self.config.segmenter.architectures)
+        for arch in archs:
+            model = self._train_segmenter(variant, fold, arch, private, prepared, device)
+            for tap in self.config.attack.taps.get(arch, []):
+                self._attack(variant, fold, arch, tap, model, private, attack, prepared, device)
+
+    def _train_segmenter(self, variant: str, fold: Fold, arch: str, private: list, prepared, device):
+        from napari_invert.models import build_segmenter, load_segmenter, save_segmenter, train_segmenter
+
+        key = f"segmenter:{variant}:fold{fold.fold}:{arch}"
+        stem = self.folder.segmenter_stem(variant, fold.fold, arch)
+        if self._done(key):
+            model, _ = load_segmenter(stem, device)
+            return model
+        n_classes = prepared.label_table.n_classes
+        model = build_segmenter(arch, self.config.segmenter, n_classes=n_classes)
+        train_cfg = self.config.segmenter_training.model_copy(
+            update={"seed": self.config.segmenter_training.seed + 1000 * fold.fold}
+        )
+        t0 = time.perf_counter()
+        history = train_segmenter(
+            model,
+            [s.image for s in private],
+            [s.labels for s in private],
+            train_cfg,
+            device,
+            checkpoint_stem=stem.with_name("segmenter_resume"),
+            curve_path=self.folder.segmenter_curve(variant, fold.fold, arch),
+            progress=self.progress,
+        )
+        seconds = time.perf_counter() - t0
+        save_segmenter(
+            stem,
+            model,
+            {
+                "variant": variant,
+                "fold": fold.fold,
+                "trained_on": list(fold.private),
+                "label_table": prepared.label_table.to_dict(),
+                "seconds": round(seconds, 1),
+            },
+        )
+        final_loss = float(history[-1]["loss"]) if history else float("nan")
+        self._mark(key, seconds=round(seconds, 1), final_loss=final_loss)
+        return model
+
+    def _attack(self, variant, fold: Fold, arch, tap, model, private, attack, prepared, device) -> None:
+        import torch
+
+        from napari_invert.attack import (
+            InversionDecoder,
+            load_decoder,
+            make_tapper,
+            reconstruct,
+            save_decoder,
+            train_inversion_decoder,
+        )
+        from napari_invert.data.nifti import save_nifti
+
+        key = f"attack:{variant}:fold{fold.fold}:{arch}:{tap}"
+        if self._done(key):
+            return
+        cfg = self.config.attack
+        stem = self.folder.decoder_stem(variant, fold.fold, arch, tap)
+        tapper = make_tapper(model, tap)
+        t0 = time.perf_counter()
+        if (stem.parent / "decoder.json").exists():
+            decoder, _ = load_decoder(stem, device)
+        else:
+            torch.manual_seed(cfg.train.seed + 1000 * fold.fold)
+            sample = torch.from_numpy(attack[0].image[None, None]).to(device)
+            decoder = InversionDecoder.for_tapper(tapper, sample, cfg.decoder_base_filters)
+            train_cfg = cfg.train.model_copy(update={"seed": cfg.train.seed + 1000 * fold.fold})
+            train_inversion_decoder(
+                tapper,
+                decoder,
+                [s.image for s in attack],  # the attacker's own data ONLY
+                train_cfg,
+                device,
+                loss=cfg.loss,
+                checkpoint_stem=stem.with_name("decoder_resume"),
+                curve_path=self.folder.decoder_curve(variant, fold.fold, arch, tap),
+                progress=self.progress,
+            )
+            save_decoder(stem, decoder, {"variant": variant, "fold": fold.fold, "arch": arch, "tap": tap,
+                                         "trained_on": list(fold.attack)})
+        targets = list(private) + (list(attack) if cfg.reconstruct_attack_subjects else [])
+        recons = reconstruct(tapper, decoder, [s.image for s in targets], device)
+        for subject, recon in zip(targets, recons):
+            recon = recon.astype(np.float32)
+            sid = subject.subject_id
+            save_nifti(self.folder.recon(variant, fold.fold, arch, tap, sid), recon, prepared.affine)
+            native, native_affine = subject.to_native(recon, order=1)
+            save_nifti(
+                self.folder.recon_native(variant, fold.fold, arch, tap, subject.subject_id),
+                native.astype(np.float32),
+                native_affine,
+            )
+        self._mark(key, seconds=round(time.perf_counter() - t0, 1), reconstructed=len(targets))
+
+
+def run_study(
+    config: StudyConfig,
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    folds: Iterable[int] | None = None,
+    progress: bool = True,
+) -> StudyFolder:
+    """Convenience wrapper: ``StudyRunner(config, out_dir, ...).run()``."""
+    return StudyRunner(config, out_dir, device=device, folds=folds, progress=progress).run()
