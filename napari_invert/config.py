@@ -147,6 +147,12 @@ class DeformationConfig(_Strict):
     sample_size: int = Field(default=5, ge=1, description="candidates per reconstruction in 'sample'")
     workers: int = Field(default=2, ge=1)
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare ``off`` as the boolean False.
+        return "off" if v is False else v
+
 
 class EvaluationConfig(_Strict):
     """What ``napari-invert evaluate`` computes."""
