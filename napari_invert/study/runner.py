@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,11 @@ class StudyRunner:
         Restrict the run to a subset (default: everything in the config).
     progress
         Show tqdm progress bars.
+    should_stop
+        Polled at every training step; when it returns True the current training saves a
+        checkpoint and :class:`~napari_invert.models.Cancelled` is raised (rerun to resume).
+    on_step
+        ``on_step(step_key, step, total, loss)`` after every training step (GUI progress).
     """
 
     def __init__(
@@ -72,8 +77,12 @@ class StudyRunner:
         variants: Iterable[str] | None = None,
         architectures: Iterable[str] | None = None,
         progress: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        on_step: Callable[[str, int, int, float], None] | None = None,
     ) -> None:
         self.config = config
+        self.should_stop = should_stop
+        self.on_step = on_step
         self.folder = StudyFolder(Path(out_dir))
         self.device_name = device or config.device
         self.only_folds = None if folds is None else sorted(set(folds))
@@ -101,6 +110,12 @@ class StudyRunner:
         self.folder.write_manifest(self._manifest)
 
     # -- set-up --------------------------------------------------------------------------
+    def _step_callback(self, key: str) -> Callable[[int, int, float], None] | None:
+        if self.on_step is None:
+            return None
+        on_step = self.on_step
+        return lambda step, total, loss: on_step(key, step, total, loss)
+
     def _check_or_write_config(self) -> None:
         root = self.folder.root
         root.mkdir(parents=True, exist_ok=True)
@@ -253,6 +268,8 @@ class StudyRunner:
             checkpoint_stem=stem.with_name("segmenter_resume"),
             curve_path=self.folder.segmenter_curve(variant, fold.fold, arch),
             progress=self.progress,
+            on_step=self._step_callback(key),
+            should_stop=self.should_stop,
         )
         seconds = time.perf_counter() - t0
         save_segmenter(
@@ -307,6 +324,8 @@ class StudyRunner:
                 checkpoint_stem=stem.with_name("decoder_resume"),
                 curve_path=self.folder.decoder_curve(variant, fold.fold, arch, tap),
                 progress=self.progress,
+                on_step=self._step_callback(key),
+                should_stop=self.should_stop,
             )
             save_decoder(stem, decoder, {"variant": variant, "fold": fold.fold, "arch": arch, "tap": tap,
                                          "trained_on": list(fold.attack)})

@@ -1,0 +1,125 @@
+"""The k-fold study runner end to end on a tiny demo cohort: artifacts, the attacker's
+data boundary, interrupt-and-resume, and refusal to mix configurations."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_invert._io import read_json
+from napari_invert.config import parse_config
+from napari_invert.errors import ConfigError
+from napari_invert.models import Cancelled
+from napari_invert.study.layout import StudyFolder
+from napari_invert.study.runner import StudyRunner
+
+TINY = {
+    "name": "tiny",
+    "cohort": {"kind": "demo", "n_subjects": 6, "seed": 3, "demo_voxel_mm": 8.0},
+    "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
+    "folds": 2,
+    "segmenter": {"architectures": ["unet", "segnet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
+    "segmenter_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
+    "attack": {
+        "taps": {"unet": ["bottleneck+skips"], "segnet": ["bottleneck+indices"]},
+        "decoder_base_filters": 4,
+        "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "augment": False},
+    },
+    "device": "cpu",
+}
+
+
+def _artifacts(root: Path) -> set[str]:
+    """Relative paths of every result file (resume checkpoints and caches excluded)."""
+    return {
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file()
+        and "_resume" not in p.name
+        and "cache" not in p.parts
+        and p.name != "manifest.json"
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_cohort(tmp_path_factory) -> Path:
+    from napari_invert.data.demo import make_demo_cohort
+
+    return make_demo_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=6, seed=3, voxel_mm=8.0, progress=False)
+
+
+def _config(demo_cohort: Path, **changes):
+    data = copy.deepcopy(TINY)
+    data["cohort"]["path"] = str(demo_cohort)
+    for key, value in changes.items():
+        data[key] = value
+    return parse_config(data)
+
+
+def test_interrupt_and_resume_gives_the_same_artifacts(tmp_path, demo_cohort):
+    config = _config(demo_cohort)
+    straight = StudyRunner(config, tmp_path / "straight", progress=False).run()
+
+    calls = {"n": 0}
+
+    def stop_after_seven() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 7
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Cancelled):
+        StudyRunner(config, interrupted, progress=False, should_stop=stop_after_seven).run()
+    partial = StudyFolder(interrupted).read_manifest()["steps"]
+    assert 0 < len(partial) < len(straight.read_manifest()["steps"])
+
+    StudyRunner(config, interrupted, progress=False).run()
+    assert _artifacts(interrupted) == _artifacts(straight.root)
+    assert set(StudyFolder(interrupted).read_manifest()["steps"]) == set(straight.read_manifest()["steps"])
+
+    # a third run has nothing left to do and rewrites no result
+    recon = StudyFolder(interrupted).recon("skull_stripped", 0, "unet", "bottleneck+skips",
+                                           read_json(interrupted / "splits.json")["folds"][0]["private"][0])
+    before = recon.stat().st_mtime_ns
+    StudyRunner(config, interrupted, progress=False).run()
+    assert recon.stat().st_mtime_ns == before
+
+
+def test_study_artifacts_and_attacker_boundary(tmp_path, demo_cohort):
+    config = _config(demo_cohort)
+    folder = StudyRunner(config, tmp_path / "s", progress=False).run()
+    splits = folder.read_splits()
+    cohort = folder.read_cohort()
+    assert sorted(cohort["subject_ids"]) == [f"D{i:02d}" for i in range(1, 7)]
+    for fold in splits["folds"]:
+        k, private, attack = fold["fold"], fold["private"], fold["attack"]
+        assert not set(private) & set(attack)
+        for arch, tap in (("unet", "bottleneck+skips"), ("segnet", "bottleneck+indices")):
+            seg_meta = read_json(folder.segmenter_stem("skull_stripped", k, arch).with_suffix(".json"))
+            assert seg_meta["trained_on"] == private  # the victim trains on private data
+            dec_meta = read_json(folder.decoder_stem("skull_stripped", k, arch, tap).with_suffix(".json"))
+            assert dec_meta["trained_on"] == attack  # the attacker never sees a private image
+            assert not set(dec_meta["trained_on"]) & set(private)
+            for sid in private + attack:
+                model_grid = nib.load(folder.recon("skull_stripped", k, arch, tap, sid))
+                assert model_grid.shape == tuple(cohort["shape"])
+                np.testing.assert_allclose(model_grid.affine, cohort["affine"], atol=1e-5)
+                native = nib.load(folder.recon_native("skull_stripped", k, arch, tap, sid))
+                source = nib.load(demo_cohort / "images" / f"{sid}.nii.gz")
+                assert native.shape == source.shape  # written back on the subject's own grid
+                np.testing.assert_allclose(native.affine, source.affine, atol=1e-4)
+            assert (folder.arch_dir("skull_stripped", k, arch) / "segmenter_curve.csv").is_file()
+        prior = nib.load(folder.prior("skull_stripped", k)).get_fdata()
+        originals = [nib.load(folder.original("skull_stripped", s)).get_fdata() for s in attack]
+        np.testing.assert_allclose(prior, np.mean(originals, axis=0), atol=1e-5)
+
+
+def test_a_different_config_is_refused(tmp_path, demo_cohort):
+    StudyRunner(_config(demo_cohort), tmp_path / "s", progress=False, folds=[0],
+                architectures=["unet"]).run()
+    changed = _config(demo_cohort, folds=3)
+    with pytest.raises(ConfigError, match="different configuration.*folds"):
+        StudyRunner(changed, tmp_path / "s", progress=False).run()
