@@ -30,9 +30,13 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     from napari_invert.data.summary import cohort_summary, format_cohort_summary
 
     cohort = Cohort.from_path(Path(args.path), kind=args.kind)
-    summary = cohort_summary(cohort, full_check=args.full_check)
+    summary = cohort_summary(cohort, full_check=not args.headers_only)
     print(format_cohort_summary(summary))
-    return 1 if summary.get("problems") else 0
+    problems = summary.get("problems") or []
+    for problem in problems:
+        text = problem if isinstance(problem, str) else f"{problem['path']}: {problem['problem']}"
+        print(f"napari-invert: error: {text}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -116,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_sub.add_parser("info", help="summarise a cohort folder and list its problems")
     info.add_argument("path", help="cohort folder (LPBA40, IXI, generic folder) or manifest file")
     info.add_argument("--kind", default="auto", choices=["auto", "lpba40", "ixi", "folder", "manifest"])
-    info.add_argument("--full-check", action="store_true", help="read every file and report all problems")
+    info.add_argument(
+        "--headers-only", action="store_true",
+        help="read NIfTI headers only (fast; does not detect truncated or NaN voxel data)",
+    )
     info.set_defaults(func=_cmd_data_info)
 
     def add_common(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,64 @@
+"""The ``napari-invert`` command line as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+from napari_invert import __version__
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "napari_invert", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_version_and_help():
+    assert run_cli("--version").stdout.strip() == f"napari-invert {__version__}"
+    out = run_cli("--help").stdout
+    for command in ("data", "demo", "study", "evaluate", "bench", "view"):
+        assert command in out
+
+
+def test_data_info_lpba40_headers(lpba40):
+    result = run_cli("data", "info", str(lpba40), "--headers-only")
+    assert result.returncode == 0, result.stderr
+    assert "subjects            40" in result.stdout
+    assert "160x192x160 (40)" in result.stdout
+    assert "1x1x1 (40)" in result.stdout
+    assert "labelled structures 56" in result.stdout
+
+
+def test_data_info_ixi_headers(ixi):
+    result = run_cli("data", "info", str(ixi), "--headers-only")
+    assert result.returncode == 0, result.stderr
+    assert "subjects            40" in result.stdout
+    assert "2x2x2 (40)" in result.stdout
+    assert "labelled structures 148" in result.stdout
+    assert "full_head" in result.stdout
+
+
+def test_truncated_file_gives_one_line_error_naming_it(tmp_path, lpba40):
+    images = tmp_path / "cohort" / "images"
+    images.mkdir(parents=True)
+    shutil.copy(lpba40 / "images" / "S01.nii.gz", images / "S01.nii.gz")
+    data = (lpba40 / "images" / "S02.nii.gz").read_bytes()
+    (images / "S02.nii.gz").write_bytes(data[: len(data) // 3])
+    result = run_cli("data", "info", str(tmp_path / "cohort"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1
+    assert str(images / "S02.nii.gz") in errors[0] and "truncated" in errors[0]
+
+
+def test_missing_folder_and_bad_config_are_one_line_errors(tmp_path):
+    result = run_cli("data", "info", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert str(tmp_path / "nowhere") in result.stderr and "Traceback" not in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cohort: {kind: demo}\nattack: {lr: 1}\n")
+    result = run_cli("study", str(bad), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "attack.lr: unknown key" in result.stderr and "Traceback" not in result.stderr
