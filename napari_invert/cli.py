@@ -63,7 +63,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
     from napari_invert.report import evaluate_study
 
-    summary = evaluate_study(study, metrics=metrics, deformation=deformation, device=device, progress=progress)
+    summary = evaluate_study(
+        study, metrics=metrics, deformation=deformation, device=device, progress=progress
+    )
     report = getattr(summary, "report_path", Path(study) / "evaluation" / "report.html")
     print(f"report: {report}")
     return 0
@@ -121,13 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("path", help="cohort folder (LPBA40, IXI, generic folder) or manifest file")
     info.add_argument("--kind", default="auto", choices=["auto", "lpba40", "ixi", "folder", "manifest"])
     info.add_argument(
-        "--headers-only", action="store_true",
+        "--headers-only",
+        action="store_true",
         help="read NIfTI headers only (fast; does not detect truncated or NaN voxel data)",
     )
     info.set_defaults(func=_cmd_data_info)
 
     def add_common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: config / auto")
+        p.add_argument(
+            "--device", default=None, choices=["auto", "cpu", "cuda"], help="default: config / auto"
+        )
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     study = sub.add_parser("study", help="run (or resume) a k-fold inversion study")
@@ -143,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics, re-identification, tables, figures, report.html")
     ev.add_argument("study", help="study folder")
     ev.add_argument(
-        "--metrics", nargs="+", default=None,
+        "--metrics",
+        nargs="+",
+        default=None,
         choices=["correlation", "ssim", "ssim_global", "deformation", "dice"],
     )
     ev.add_argument("--deformation", default=None, choices=["full", "sample", "off"])

@@ -73,7 +73,7 @@ def test_dump_roundtrip():
 
     again = parse_config(yaml.safe_load(dump_config(config)))
     assert again == config
-    assert config.multiple_of == 2 ** config.segmenter.levels
+    assert config.multiple_of == 2**config.segmenter.levels
 
 
 def test_demo_preset_matches_sample_config():

@@ -38,10 +38,7 @@ def _artifacts(root: Path) -> set[str]:
     return {
         str(p.relative_to(root))
         for p in root.rglob("*")
-        if p.is_file()
-        and "_resume" not in p.name
-        and "cache" not in p.parts
-        and p.name != "manifest.json"
+        if p.is_file() and "_resume" not in p.name and "cache" not in p.parts and p.name != "manifest.json"
     }
 
 
@@ -49,7 +46,9 @@ def _artifacts(root: Path) -> set[str]:
 def demo_cohort(tmp_path_factory) -> Path:
     from napari_invert.data.demo import make_demo_cohort
 
-    return make_demo_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=6, seed=3, voxel_mm=8.0, progress=False)
+    return make_demo_cohort(
+        tmp_path_factory.mktemp("cohort"), n_subjects=6, seed=3, voxel_mm=8.0, progress=False
+    )
 
 
 def _config(demo_cohort: Path, **changes):
@@ -81,8 +80,13 @@ def test_interrupt_and_resume_gives_the_same_artifacts(tmp_path, demo_cohort):
     assert set(StudyFolder(interrupted).read_manifest()["steps"]) == set(straight.read_manifest()["steps"])
 
     # a third run has nothing left to do and rewrites no result
-    recon = StudyFolder(interrupted).recon("skull_stripped", 0, "unet", "bottleneck+skips",
-                                           read_json(interrupted / "splits.json")["folds"][0]["private"][0])
+    recon = StudyFolder(interrupted).recon(
+        "skull_stripped",
+        0,
+        "unet",
+        "bottleneck+skips",
+        read_json(interrupted / "splits.json")["folds"][0]["private"][0],
+    )
     before = recon.stat().st_mtime_ns
     StudyRunner(config, interrupted, progress=False).run()
     assert recon.stat().st_mtime_ns == before
@@ -118,8 +122,7 @@ def test_study_artifacts_and_attacker_boundary(tmp_path, demo_cohort):
 
 
 def test_a_different_config_is_refused(tmp_path, demo_cohort):
-    StudyRunner(_config(demo_cohort), tmp_path / "s", progress=False, folds=[0],
-                architectures=["unet"]).run()
+    StudyRunner(_config(demo_cohort), tmp_path / "s", progress=False, folds=[0], architectures=["unet"]).run()
     changed = _config(demo_cohort, folds=3)
-    with pytest.raises(ConfigError, match="different configuration.*folds"):
+    with pytest.raises(ConfigError, match=r"different configuration.*folds"):
         StudyRunner(changed, tmp_path / "s", progress=False).run()

@@ -127,7 +127,8 @@ class StudyRunner:
                 raise ConfigError(f"{self.folder.config_path}: unreadable ({exc})") from None
             if _comparable(previous) != _comparable(current):
                 diff = sorted(
-                    k for k in set(previous) | set(current)
+                    k
+                    for k in set(previous) | set(current)
                     if k not in _RUNTIME_KEYS and previous.get(k) != current.get(k)
                 )
                 raise ConfigError(
@@ -145,7 +146,10 @@ class StudyRunner:
 
             path = c.path or (self.folder.root / "demo_cohort")
             make_demo_cohort(
-                path, n_subjects=c.n_subjects or 40, seed=c.seed, voxel_mm=c.demo_voxel_mm,
+                path,
+                n_subjects=c.n_subjects or 40,
+                seed=c.seed,
+                voxel_mm=c.demo_voxel_mm,
                 progress=self.progress,
             )
             return Cohort.from_path(path, kind="folder")
@@ -327,8 +331,17 @@ class StudyRunner:
                 on_step=self._step_callback(key),
                 should_stop=self.should_stop,
             )
-            save_decoder(stem, decoder, {"variant": variant, "fold": fold.fold, "arch": arch, "tap": tap,
-                                         "trained_on": list(fold.attack)})
+            save_decoder(
+                stem,
+                decoder,
+                {
+                    "variant": variant,
+                    "fold": fold.fold,
+                    "arch": arch,
+                    "tap": tap,
+                    "trained_on": list(fold.attack),
+                },
+            )
         targets = list(private) + (list(attack) if cfg.reconstruct_attack_subjects else [])
         recons = reconstruct(tapper, decoder, [s.image for s in targets], device)
         for subject, recon in zip(targets, recons):
