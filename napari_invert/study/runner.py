@@ -181,10 +181,12 @@ class StudyRunner:
         key = f"data:{variant}"
         if not self._done(key):
             for s in prepared.subjects:
-                save_nifti(self.folder.original(variant, s.subject_id), s.image, prepared.affine)
-                save_nifti(self.folder.mask(variant, s.subject_id), s.mask.astype(np.uint8), prepared.affine)
+                # Each subject keeps its own model-grid affine (cohorts such as IXI are not
+                # co-registered; all share one grid *shape*, which is what metrics need).
+                save_nifti(self.folder.original(variant, s.subject_id), s.image, s.affine)
+                save_nifti(self.folder.mask(variant, s.subject_id), s.mask.astype(np.uint8), s.affine)
                 if s.labels is not None:
-                    save_nifti(self.folder.labels(variant, s.subject_id), s.labels, prepared.affine)
+                    save_nifti(self.folder.labels(variant, s.subject_id), s.labels, s.affine)
             self._mark(key, subjects=len(prepared.subjects))
         return prepared
 
@@ -347,7 +349,7 @@ class StudyRunner:
         for subject, recon in zip(targets, recons):
             recon = recon.astype(np.float32)
             sid = subject.subject_id
-            save_nifti(self.folder.recon(variant, fold.fold, arch, tap, sid), recon, prepared.affine)
+            save_nifti(self.folder.recon(variant, fold.fold, arch, tap, sid), recon, subject.affine)
             native, native_affine = subject.to_native(recon, order=1)
             save_nifti(
                 self.folder.recon_native(variant, fold.fold, arch, tap, subject.subject_id),
