@@ -1,0 +1,568 @@
+"""Attack widget: train (or load) an inversion decoder for a study's trained segmenter.
+
+The decoder is trained on the chosen fold's *attack* subjects only (the attacker's own
+data, from ``splits.json``), in a napari thread worker with a progress bar and a Cancel
+button; the viewer stays responsive. The trained decoder is saved to
+``StudyFolder.decoder_stem(variant, fold, arch, tap)``; the fold's private subjects are
+then reconstructed and added to the viewer. A cancelled training keeps its resumable
+state: pressing Train again with the same settings continues where it stopped.
+
+With a cohort + segmenter checkpoint (chosen in the Study widget) the cohort is
+preprocessed for the segmenter, and the decoder is saved next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import FileEdit
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_invert.config import VALID_TAPS, AttackConfig, StudyConfig, TrainConfig
+from napari_invert.errors import NapariInvertError
+from napari_invert.study.layout import tap_slug
+from napari_invert.study.results import StudyResults
+from napari_invert.widgets._attack_jobs import (
+    AttackOutcome,
+    CohortImages,
+    Images,
+    StudyImages,
+    TrainRequest,
+    reconstruct_job,
+    train_decoder_job,
+)
+from napari_invert.widgets._state import CohortSession, session_for
+from napari_invert.widgets._study_data import (
+    architectures_of,
+    decoder_available,
+    folds_of,
+    segmenter_available,
+)
+from napari_invert.widgets._study_widget import scrolled, unwrap_viewer
+from napari_invert.widgets._workers import CancelToken, ProgressRelay, describe_error, start_worker
+
+if TYPE_CHECKING:
+    import napari
+
+LOSSES = ("mse", "l1", "mse+ssim")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class AttackWidget(QWidget):
+    """Train or load an inversion decoder; progress bar and Cancel; results to the viewer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = unwrap_viewer(viewer)
+        self._session = session_for(self._viewer)
+        self._study: StudyResults | None = None
+        self._config: StudyConfig | None = None
+        self._cohort: CohortSession | None = None
+        self._cohort_ids: list[str] = []
+        self._cohort_victims: list[str] = []  # the segmenter's training subjects, if recorded
+        self._worker: Any = None
+        self._token: CancelToken | None = None
+        self._relay: ProgressRelay | None = None
+        self.last_outcome: AttackOutcome | None = None
+        self._build_ui()
+        self._session.study_changed.connect(self._on_study_changed)
+        self._session.cohort_changed.connect(self._on_cohort_changed)
+        if self._session.study is not None:
+            self._on_study_changed(self._session.study)
+
+    # -- UI ------------------------------------------------------------------------------------
+    def _build_ui(self) -> None:
+        self.source_label = QLabel("Open a study (or a cohort + segmenter) in the Study widget.")
+        self.source_label.setWordWrap(True)
+        self.variant_combo = QComboBox()
+        self.fold_combo = QComboBox()
+        self.arch_combo = QComboBox()
+        self.tap_combo = QComboBox()
+        for combo in (self.variant_combo, self.fold_combo):
+            combo.currentIndexChanged.connect(self._on_selection_changed)
+        self.arch_combo.currentIndexChanged.connect(self._on_arch_changed)
+        self.tap_combo.currentIndexChanged.connect(self._update_state)
+        self.segmenter_label = QLabel("")
+        self.segmenter_label.setWordWrap(True)
+
+        self.attack_list = QListWidget()
+        self.attack_list.setSelectionMode(QAbstractItemView.NoSelection)
+        self.attack_list.setMaximumHeight(120)
+        self.attack_list.setToolTip(
+            "The attacker's own images: the fold's attack set (never a private subject)"
+        )
+
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 1_000_000)
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 64)
+        self.lr = QDoubleSpinBox()
+        self.lr.setDecimals(5)
+        self.lr.setRange(1e-5, 1.0)
+        self.lr.setSingleStep(1e-4)
+        self.base_filters = QSpinBox()
+        self.base_filters.setRange(1, 256)
+        self.loss_combo = QComboBox()
+        self.loss_combo.addItems(LOSSES)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.replace_box = QCheckBox("Replace an existing decoder")
+        self.replace_box.toggled.connect(self._update_state)
+        self.reconstruct_box = QCheckBox("Reconstruct the fold's private subjects afterwards")
+        self.reconstruct_box.setChecked(True)
+        self._set_training_defaults(AttackConfig())
+
+        self.train_button = QPushButton("Train decoder")
+        self.cancel_button = QPushButton("Cancel")
+        self.train_button.clicked.connect(self.start_training)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.decoder_file = FileEdit(mode="r", filter="*.safetensors *.json", label="Decoder")
+        self.load_button = QPushButton("Load decoder + reconstruct")
+        self.load_button.clicked.connect(self.load_decoder)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m steps")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        target = QFormLayout()
+        target.addRow("Variant", self.variant_combo)
+        target.addRow("Fold", self.fold_combo)
+        target.addRow("Architecture", self.arch_combo)
+        target.addRow("Tap (attacker reads)", self.tap_combo)
+        target.addRow(self.segmenter_label)
+        target_box = QGroupBox("Victim")
+        target_box.setLayout(target)
+
+        train = QFormLayout()
+        train.addRow("Attack set", self.attack_list)
+        train.addRow("Steps", self.steps)
+        train.addRow("Batch size", self.batch_size)
+        train.addRow("Learning rate", self.lr)
+        train.addRow("Decoder base filters", self.base_filters)
+        train.addRow("Loss", self.loss_combo)
+        train.addRow("Device", self.device_combo)
+        train.addRow(self.replace_box)
+        train.addRow(self.reconstruct_box)
+        train_box = QGroupBox("Inversion decoder training")
+        train_box.setLayout(train)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.train_button)
+        buttons.addWidget(self.cancel_button)
+        load_box = QGroupBox("…or load a trained decoder")
+        load_layout = QVBoxLayout(load_box)
+        load_layout.addWidget(self.decoder_file.native)
+        load_layout.addWidget(self.load_button)
+
+        layout = QVBoxLayout(scrolled(self))
+        layout.addWidget(self.source_label)
+        layout.addWidget(target_box)
+        layout.addWidget(train_box)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(load_box)
+        layout.addStretch(1)
+        self._update_state()
+
+    def _set_training_defaults(self, attack: AttackConfig) -> None:
+        self.steps.setValue(attack.train.steps)
+        self.batch_size.setValue(attack.train.batch_size)
+        self.lr.setValue(attack.train.lr)
+        self.base_filters.setValue(attack.decoder_base_filters)
+        self.loss_combo.setCurrentText(attack.loss)
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while a training or reconstruction worker runs."""
+        return self._worker is not None
+
+    def attack_ids(self) -> list[str]:
+        """Ticked subjects of the attack set."""
+        return [
+            self.attack_list.item(i).text()
+            for i in range(self.attack_list.count())
+            if self.attack_list.item(i).checkState() == Qt.Checked
+        ]
+
+    def private_ids(self) -> list[str]:
+        """Subjects to reconstruct after training: the fold's private subjects."""
+        if self._study is not None and self.fold_combo.currentIndex() >= 0:
+            fold = int(self.fold_combo.currentData())
+            return next((list(f.private) for f in folds_of(self._study) if f.fold == fold), [])
+        if self._cohort is not None:
+            chosen = set(self.attack_ids())
+            victims = [s for s in self._cohort_victims if s not in chosen]
+            return victims or [s for s in self._cohort_ids if s not in chosen][:4]
+        return []
+
+    def segmenter_stem(self) -> Path | None:
+        if self._study is not None:
+            if self.fold_combo.currentIndex() < 0 or not self.arch_combo.currentText():
+                return None
+            return self._study.folder.segmenter_stem(
+                self.variant_combo.currentText(),
+                int(self.fold_combo.currentData()),
+                self.arch_combo.currentText(),
+            )
+        return self._cohort.segmenter_stem if self._cohort is not None else None
+
+    def decoder_stem(self) -> Path | None:
+        tap = self.tap_combo.currentText()
+        if not tap:
+            return None
+        if self._study is not None:
+            if self.fold_combo.currentIndex() < 0:
+                return None
+            return self._study.folder.decoder_stem(
+                self.variant_combo.currentText(),
+                int(self.fold_combo.currentData()),
+                self.arch_combo.currentText(),
+                tap,
+            )
+        if self._cohort is not None:
+            stem = self._cohort.segmenter_stem
+            return stem.with_name(f"{stem.name}_decoder_{tap_slug(tap)}")
+        return None
+
+    def train_config(self) -> TrainConfig:
+        base = self._config.attack.train if self._config is not None else TrainConfig()
+        return base.model_copy(
+            update={"steps": self.steps.value(), "batch_size": self.batch_size.value(), "lr": self.lr.value()}
+        )
+
+    def start_training(self) -> bool:
+        """Validate the choices and start training in a worker; ``False`` if refused."""
+        if self.running:
+            return False
+        try:
+            request = self._train_request()
+        except NapariInvertError as exc:
+            self.status.setText(str(exc))
+            show_error(f"napari-invert: {exc}")
+            return False
+        self._token = CancelToken()
+        self._relay = ProgressRelay(self._on_progress)
+        self.progress.setRange(0, request.train.steps)
+        self.progress.setValue(0)
+        self.status.setText(f"Training on {len(request.attack_ids)} attack subjects…")
+        self._run(
+            train_decoder_job,
+            request,
+            self._relay.emit,
+            self._token,
+            what="training",
+            spacing=self._spacing(),
+        )
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running training to stop at its next step (its state is kept)."""
+        if self._token is not None and not self._token.cancelled:
+            self._token.cancel()
+            self.status.setText("Cancelling…")
+
+    def load_decoder(self) -> bool:
+        """Reconstruct the fold's private subjects with a trained decoder (file or the study's)."""
+        if self.running:
+            return False
+        chosen = str(self.decoder_file.value or "")
+        stem = Path(chosen) if chosen not in ("", ".") else self.decoder_stem()
+        segmenter, images = self.segmenter_stem(), self._images()
+        tap, targets = self.tap_combo.currentText(), self.private_ids()
+        if stem is None or segmenter is None or images is None or not tap:
+            show_error("napari-invert: choose a study (or cohort), a fold, an architecture and a tap first")
+            return False
+        if stem.suffix in (".json", ".safetensors"):
+            stem = stem.with_suffix("")
+        self.progress.setRange(0, 0)  # busy indicator
+        self.status.setText(f"Reconstructing {len(targets)} subjects with {stem.name}…")
+        self._run(
+            reconstruct_job,
+            images,
+            segmenter,
+            tap,
+            stem,
+            targets,
+            self.device_combo.currentText(),
+            what="reconstruction",
+            spacing=self._spacing(),
+        )
+        return True
+
+    # -- internals -------------------------------------------------------------------------------
+    def _images(self) -> Images | None:
+        if self._study is not None:
+            return StudyImages(self._study, self.variant_combo.currentText())
+        if self._cohort is not None:
+            return CohortImages(
+                self._cohort.cohort_path, self.variant_combo.currentText() or "skull_stripped"
+            )
+        return None
+
+    def _spacing(self) -> tuple[float, float, float] | None:
+        return self._study.spacing if self._study is not None else None
+
+    def _train_request(self) -> TrainRequest:
+        images, segmenter, decoder = self._images(), self.segmenter_stem(), self.decoder_stem()
+        if images is None or segmenter is None or decoder is None:
+            raise NapariInvertError(
+                "choose a study (or cohort + segmenter), a fold, an architecture and a tap"
+            )
+        if not (segmenter.with_suffix(".safetensors").is_file() and segmenter.with_suffix(".json").is_file()):
+            raise NapariInvertError(f"{segmenter}: no trained segmenter checkpoint (.safetensors + .json)")
+        exists = decoder.with_suffix(".json").is_file()
+        if exists and not self.replace_box.isChecked():
+            raise NapariInvertError(
+                f"{decoder}: a decoder already exists; tick 'Replace an existing decoder'"
+            )
+        attack_ids = self.attack_ids()
+        if not attack_ids:
+            raise NapariInvertError("tick at least one attack subject")
+        curve = None
+        meta: dict[str, Any] = {}
+        if self._study is not None:
+            variant, fold, arch, tap = (
+                self.variant_combo.currentText(),
+                int(self.fold_combo.currentData()),
+                self.arch_combo.currentText(),
+                self.tap_combo.currentText(),
+            )
+            curve = self._study.folder.decoder_curve(variant, fold, arch, tap)
+            meta = {"variant": variant, "fold": fold, "arch": arch}
+        return TrainRequest(
+            images=images,
+            segmenter_stem=segmenter,
+            tap=self.tap_combo.currentText(),
+            attack_ids=attack_ids,
+            target_ids=self.private_ids() if self.reconstruct_box.isChecked() else [],
+            train=self.train_config(),
+            base_filters=self.base_filters.value(),
+            loss=self.loss_combo.currentText(),
+            device=self.device_combo.currentText(),
+            decoder_stem=decoder,
+            curve_path=curve,
+            meta=meta,
+        )
+
+    def _run(self, func: Any, *args: Any, what: str, spacing: tuple[float, float, float] | None) -> None:
+        def returned(outcome: AttackOutcome) -> None:
+            self._on_outcome(outcome, spacing)
+
+        def errored(exc: BaseException) -> None:
+            self.status.setText(f"{what.capitalize()} failed: {describe_error(exc)}")
+
+        self._worker = start_worker(
+            func,
+            *args,
+            on_returned=returned,
+            on_errored=errored,
+            on_finished=self._on_finished,
+            context=f"napari-invert: {what} failed",
+        )
+        self._update_state()
+
+    def _on_progress(self, step: int, total: int, loss: float) -> None:
+        if self.progress.maximum() != total:
+            self.progress.setRange(0, total)
+        self.progress.setValue(step)
+        self.status.setText(
+            f"Step {step}/{total}, loss {loss:.5f}"
+            + (" (cancelling…)" if self._token and self._token.cancelled else "")
+        )
+
+    def _on_outcome(self, outcome: AttackOutcome, spacing: tuple[float, float, float] | None) -> None:
+        self.last_outcome = outcome
+        if outcome.cancelled:
+            self.status.setText(
+                f"Cancelled after {outcome.steps_done}/{outcome.total_steps} steps; "
+                "Train again (same settings) to resume."
+            )
+            show_warning(f"napari-invert: training cancelled ({outcome.message})")
+            return
+        if outcome.saved is not None:
+            loss = "" if outcome.final_loss is None else f", final loss {outcome.final_loss:.5f}"
+            self.status.setText(f"Decoder saved: {outcome.saved.with_suffix('')}{loss}")
+            show_info(f"napari-invert: {outcome.message}")
+        else:
+            self.status.setText(outcome.message)
+        if outcome.affine is not None and spacing is None:
+            spacing = tuple(float(v) for v in np.linalg.norm(outcome.affine[:3, :3], axis=0))
+        label = f"{self.arch_combo.currentText() or 'segmenter'} {self.tap_combo.currentText()}"
+        for sid, recon in outcome.recons.items():
+            self._viewer.add_image(
+                recon, name=f"{sid} recon (GUI decoder, {label})", scale=spacing or (1, 1, 1), colormap="gray"
+            )
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._token = None
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
+        self._update_state()
+
+    # -- study / cohort -----------------------------------------------------------------------------
+    def _on_study_changed(self, study: StudyResults | None) -> None:
+        self._study, self._config = study, self._session.config
+        if study is None:
+            self._update_state()
+            return
+        self._cohort = None
+        self._set_training_defaults(self._config.attack if self._config is not None else AttackConfig())
+        if self._config is not None:
+            self.device_combo.setCurrentText(self._config.device)
+        name = self._config.name if self._config is not None else study.root.name
+        self.source_label.setText(f"Study '{name}' ({study.root})")
+        for combo, items in (
+            (self.variant_combo, [(v, v) for v in study.variants]),
+            (self.fold_combo, [(f"fold {f.fold}", f.fold) for f in folds_of(study)]),
+            (self.arch_combo, [(a, a) for a in architectures_of(study, self._config)]),
+        ):
+            old = combo.blockSignals(True)
+            combo.clear()
+            for text, data in items:
+                combo.addItem(text, data)
+            combo.blockSignals(old)
+        self._on_arch_changed()
+
+    def _on_cohort_changed(self, cohort: CohortSession | None) -> None:
+        if cohort is None:
+            return
+        self._cohort, self._study = cohort, None
+        try:
+            from napari_invert.data.cohort import Cohort
+            from napari_invert.models import load_segmenter
+
+            loaded = Cohort.from_path(cohort.cohort_path)
+            self._cohort_ids = loaded.subject_ids
+            variants = loaded.variants()
+            model, meta = load_segmenter(cohort.segmenter_stem, "cpu")
+            arch = model.arch
+            self._cohort_victims = [s for s in meta.get("trained_on", []) if s in self._cohort_ids]
+        except Exception as exc:
+            self._cohort = None
+            self.status.setText(f"Cohort not usable: {describe_error(exc)}")
+            show_error(f"napari-invert: cohort/segmenter not usable: {describe_error(exc)}")
+            self._update_state()
+            return
+        self.source_label.setText(f"Cohort {cohort.cohort_path} with segmenter {cohort.segmenter_stem.name}")
+        for combo, items in (
+            (self.variant_combo, variants),
+            (self.fold_combo, []),
+            (self.arch_combo, [arch]),
+        ):
+            old = combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(items)
+            combo.blockSignals(old)
+        self._on_arch_changed()
+
+    def _on_arch_changed(self, *_: Any) -> None:
+        arch = self.arch_combo.currentText()
+        old = self.tap_combo.blockSignals(True)
+        self.tap_combo.clear()
+        taps = list(VALID_TAPS.get(arch, ()))
+        if self._config is not None and arch in self._config.attack.taps:
+            taps = list(self._config.attack.taps[arch]) + [
+                t for t in taps if t not in self._config.attack.taps[arch]
+            ]
+        self.tap_combo.addItems(taps)
+        self.tap_combo.blockSignals(old)
+        self._on_selection_changed()
+
+    def _on_selection_changed(self, *_: Any) -> None:
+        self.attack_list.clear()
+        if self._study is not None and self.fold_combo.currentIndex() >= 0:
+            fold = int(self.fold_combo.currentData())
+            ids = next((list(f.attack) for f in folds_of(self._study) if f.fold == fold), [])
+        else:
+            ids = list(self._cohort_ids)
+        for sid in ids:
+            item = QListWidgetItem(sid)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked)
+            self.attack_list.addItem(item)
+        self._update_state()
+
+    def _update_state(self, *_: Any) -> None:
+        running = self.running
+        has_source = self._study is not None or self._cohort is not None
+        seg = self.segmenter_stem()
+        seg_ok = (
+            seg is not None
+            and seg.with_suffix(".safetensors").is_file()
+            and seg.with_suffix(".json").is_file()
+        )
+        if not has_source:
+            self.segmenter_label.setText("")
+        elif seg_ok:
+            has_decoder = False
+            if (
+                self._study is not None
+                and self.fold_combo.currentIndex() >= 0
+                and self.tap_combo.currentText()
+            ):
+                has_decoder = decoder_available(
+                    self._study,
+                    self.variant_combo.currentText(),
+                    int(self.fold_combo.currentData()),
+                    self.arch_combo.currentText(),
+                    self.tap_combo.currentText(),
+                )
+            self.segmenter_label.setText(
+                "Trained segmenter found." + (" A decoder exists for this tap." if has_decoder else "")
+            )
+        else:
+            self.segmenter_label.setText("No trained segmenter for this variant/fold/architecture.")
+        if self._study is not None and self.fold_combo.currentIndex() >= 0 and self.arch_combo.currentText():
+            seg_ok = seg_ok and segmenter_available(
+                self._study,
+                self.variant_combo.currentText(),
+                int(self.fold_combo.currentData()),
+                self.arch_combo.currentText(),
+            )
+        for widget in (
+            self.variant_combo,
+            self.fold_combo,
+            self.arch_combo,
+            self.tap_combo,
+            self.attack_list,
+            self.steps,
+            self.batch_size,
+            self.lr,
+            self.base_filters,
+            self.loss_combo,
+            self.device_combo,
+            self.replace_box,
+            self.reconstruct_box,
+            self.load_button,
+        ):
+            widget.setEnabled(has_source and not running)
+        self.train_button.setEnabled(has_source and seg_ok and not running)
+        self.train_button.setToolTip(
+            "" if seg_ok else "needs a trained segmenter checkpoint for this selection"
+        )
+        self.cancel_button.setEnabled(running)

@@ -1,0 +1,227 @@
+"""Study widget: open a study folder (or a cohort + a trained segmenter) for the viewer.
+
+The opened :class:`~napari_invert.study.results.StudyResults` is published through the
+viewer's :class:`~napari_invert.widgets._state.SessionState`, where the Attack and
+Compare widgets pick it up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import FileEdit
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QFrame,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_invert.config import StudyConfig
+from napari_invert.errors import NapariInvertError
+from napari_invert.study.results import StudyResults
+from napari_invert.widgets._state import CohortSession, open_study, session_for
+from napari_invert.widgets._study_data import (
+    architectures_of,
+    deformation_status,
+    folds_of,
+    read_metrics,
+    segmenter_available,
+)
+from napari_invert.widgets._workers import describe_error
+
+if TYPE_CHECKING:
+    import napari
+
+
+def unwrap_viewer(viewer: Any) -> Any:
+    """The real viewer behind napari's ``PublicOnlyProxy`` (the registry key)."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def scrolled(widget: QWidget) -> QWidget:
+    """Give ``widget`` a vertical scroll area and return the page to lay out inside it.
+
+    Dock areas are often shorter than a tall form; scrolling beats squeezed controls.
+    """
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    page = QWidget()
+    area.setWidget(page)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(area)
+    return page
+
+
+class StudyWidget(QWidget):
+    """Open a study folder and show its folds, architectures, variants and subjects."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = unwrap_viewer(viewer)
+        self._session = session_for(self._viewer)
+
+        self.study_dir = FileEdit(mode="d", label="Study folder")
+        self.open_button = QPushButton("Open study")
+        self.open_button.clicked.connect(self._on_open_clicked)
+        self.status = QLabel("No study opened.")
+        self.status.setWordWrap(True)
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Study", "Details"])
+        self.tree.setColumnCount(2)
+        self.tree.setMinimumHeight(180)
+
+        study_box = QGroupBox("Study folder")
+        study_layout = QVBoxLayout(study_box)
+        study_layout.addWidget(self.study_dir.native)
+        study_layout.addWidget(self.open_button)
+
+        self.cohort_dir = FileEdit(mode="d", label="Cohort folder")
+        self.segmenter_file = FileEdit(mode="r", filter="*.safetensors *.json", label="Segmenter")
+        self.use_cohort_button = QPushButton("Use cohort + segmenter")
+        self.use_cohort_button.clicked.connect(self._on_use_cohort_clicked)
+        cohort_box = QGroupBox("…or a cohort and a trained segmenter")
+        cohort_layout = QVBoxLayout(cohort_box)
+        cohort_layout.addWidget(self.cohort_dir.native)
+        cohort_layout.addWidget(self.segmenter_file.native)
+        cohort_layout.addWidget(self.use_cohort_button)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(study_box)
+        layout.addWidget(self.status)
+        layout.addWidget(self.tree, stretch=1)
+        layout.addWidget(cohort_box)
+
+        self._session.study_changed.connect(self._on_study_changed)
+        if self._session.study is not None:
+            self._on_study_changed(self._session.study)
+
+    # -- public API ------------------------------------------------------------------
+    @property
+    def study(self) -> StudyResults | None:
+        return self._session.study
+
+    def open(self, path: str | Path) -> StudyResults | None:
+        """Open ``path`` and publish it; a problem is shown in the viewer, never raised."""
+        try:
+            results, config = open_study(path)
+        except NapariInvertError as exc:
+            self.status.setText(f"Could not open: {exc}")
+            show_error(f"napari-invert: cannot open study: {exc}")
+            return None
+        except Exception as exc:  # anything else must not escape to Qt either
+            self.status.setText(f"Could not open: {describe_error(exc)}")
+            show_error(f"napari-invert: cannot open study {path}: {describe_error(exc)}")
+            return None
+        if Path(str(self.study_dir.value)) != results.root:
+            self.study_dir.value = results.root
+        self._session.set_study(results, config)
+        return results
+
+    def use_cohort(self, cohort_path: str | Path, segmenter_stem: str | Path) -> CohortSession | None:
+        """Publish a cohort + segmenter checkpoint session (validated cheaply here)."""
+        from napari_invert.checkpoint import checkpoint_exists, checkpoint_paths
+
+        cohort = Path(str(cohort_path)).expanduser()
+        weights, meta = checkpoint_paths(Path(str(segmenter_stem)).expanduser())
+        stem = weights.with_suffix("")
+        problems = []
+        if not cohort.is_dir():
+            problems.append(f"{cohort}: cohort folder not found")
+        if not checkpoint_exists(stem):
+            problems.append(f"{stem}: needs both {weights.name} and {meta.name}")
+        if problems:
+            message = "; ".join(problems)
+            self.status.setText(message)
+            show_error(f"napari-invert: {message}")
+            return None
+        session = CohortSession(cohort, stem)
+        self._session.set_cohort(session)
+        self.status.setText(
+            f"Cohort {cohort.name} with segmenter {stem.name} selected for the Attack widget."
+        )
+        show_info(f"napari-invert: cohort {cohort} + segmenter {stem.name} selected")
+        return session
+
+    # -- slots ---------------------------------------------------------------------------
+    def _on_open_clicked(self) -> None:
+        self.open(self.study_dir.value)
+
+    def _on_use_cohort_clicked(self) -> None:
+        self.use_cohort(self.cohort_dir.value, self.segmenter_file.value)
+
+    def _on_study_changed(self, study: StudyResults | None) -> None:
+        try:
+            self._fill_tree(study, self._session.config)
+        except Exception as exc:  # a half-broken study still opens; say what is wrong
+            self.status.setText(f"Study opened, but its summary failed: {describe_error(exc)}")
+
+    # -- summary tree ----------------------------------------------------------------------
+    def _fill_tree(self, study: StudyResults | None, config: StudyConfig | None) -> None:
+        self.tree.clear()
+        if study is None:
+            self.status.setText("No study opened.")
+            return
+        name = config.name if config is not None else study.root.name
+        self.status.setText(f"Study '{name}' — {study.root}")
+        ids = study.subject_ids
+        folds = folds_of(study)
+
+        def add(parent: QTreeWidget | QTreeWidgetItem, text: str, detail: str = "") -> QTreeWidgetItem:
+            item = QTreeWidgetItem([text, detail])
+            if isinstance(parent, QTreeWidget):
+                parent.addTopLevelItem(item)
+            else:
+                parent.addChild(item)
+            return item
+
+        fold_of = {s: f.fold for f in folds for s in f.private}
+        subjects = add(self.tree, f"Subjects ({len(ids)})")
+        for sid in ids:
+            add(subjects, sid, f"private in fold {fold_of[sid]}" if sid in fold_of else "in no private fold")
+        fold_root = add(self.tree, f"Folds ({len(folds)})")
+        for fold in folds:
+            item = add(
+                fold_root, f"fold {fold.fold}", f"{len(fold.private)} private, {len(fold.attack)} attack"
+            )
+            add(item, "private (victim training)", ", ".join(fold.private))
+            add(item, "attack (attacker's data)", ", ".join(fold.attack))
+        variants = add(self.tree, f"Variants ({len(study.variants)})")
+        for variant in study.variants:
+            add(variants, variant)
+        archs = architectures_of(study, config)
+        arch_root = add(self.tree, f"Architectures ({len(archs)})")
+        for arch in archs:
+            for variant in study.variants:
+                n = sum(segmenter_available(study, variant, f.fold, arch) for f in folds)
+                add(arch_root, f"{arch} ({variant})", f"trained segmenter in {n}/{len(folds)} folds")
+        experiments = study.experiments()
+        exp_root = add(self.tree, f"Reconstructions ({len(experiments)} experiments)")
+        for exp in experiments:
+            n = sum(study.has_recon(exp, s) for s in ids if s in fold_of)
+            add(exp_root, exp.label, f"{n}/{len(ids)} subjects")
+        evaluation = add(self.tree, "Evaluation")
+        try:
+            table = read_metrics(study.folder)
+            add(evaluation, "metrics.csv", "present" if table is not None else "not evaluated yet")
+        except NapariInvertError as exc:
+            table = None
+            add(evaluation, "metrics.csv", f"unreadable: {exc}")
+        n_mat = len(list(study.folder.evaluation_dir.glob("similarity_*.npy")))
+        add(evaluation, "similarity matrices", str(n_mat))
+        ok, reason = deformation_status(study, config, table)
+        add(evaluation, "deformation", "available" if ok else "not available").setToolTip(1, reason)
+        for i in range(self.tree.topLevelItemCount()):
+            self.tree.topLevelItem(i).setExpanded(i in (1, 4))
+        self.tree.resizeColumnToContents(0)

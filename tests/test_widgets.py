@@ -1,0 +1,551 @@
+"""napari plugin: manifest, reader, sample data, Study / Attack / Compare widgets.
+
+GUI tests need a display: pytest-xvfb starts Xvfb automatically when it is installed
+(Qt's "offscreen" platform crashes napari when an image layer is added). Run::
+
+    QT_QPA_PLATFORM=xcb pytest tests/test_widgets.py -m gui
+
+They use napari's ``make_napari_viewer`` fixture (napari's pytest plugin, registered by
+napari's ``pytest11`` entry point) and pytest-qt's ``qtbot``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from gui_helpers import fake_rank, fake_value, make_gui_study
+
+from napari_invert.study.results import StudyResults
+
+MANIFEST = Path(__file__).resolve().parent.parent / "napari_invert" / "napari.yaml"
+
+
+def _display_problem() -> str | None:
+    """Why GUI tests cannot run here (checked after pytest-xvfb has set ``DISPLAY``)."""
+    if os.environ.get("QT_QPA_PLATFORM", "").startswith("offscreen"):
+        return "Qt's offscreen platform crashes napari when an image layer is added; run under Xvfb"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "no display: install Xvfb (pytest-xvfb then starts it) or run under xvfb-run"
+    return None
+
+
+#: Applied with ``@pytest.mark.gui`` to every test that opens a viewer.
+needs_display = pytest.mark.skipif(_display_problem() is not None, reason=_display_problem() or "")
+WAIT_MS = 20_000
+
+
+# -- fixtures --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 subjects, 2 folds, U-Net + SegNet reconstructions; not evaluated."""
+    return make_gui_study(tmp_path_factory.mktemp("study") / "study", evaluated=False)
+
+
+@pytest.fixture(scope="module")
+def evaluated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same layout with a fake evaluation (metrics.csv, matrices, deformation maps)."""
+    return make_gui_study(tmp_path_factory.mktemp("evaluated") / "study", evaluated=True)
+
+
+@pytest.fixture
+def trainable_dir(tmp_path: Path) -> Path:
+    """A study with (untrained) segmenter checkpoints, for the Attack widget."""
+    pytest.importorskip("torch")
+    return make_gui_study(tmp_path / "study", with_segmenters=True)
+
+
+def _errors_since(start: int) -> list[str]:
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    return [
+        str(n.message)
+        for n in notification_manager.records[start:]
+        if n.severity == NotificationSeverity.ERROR
+    ]
+
+
+def _n_records() -> int:
+    from napari.utils.notifications import notification_manager
+
+    return len(notification_manager.records)
+
+
+def _managed(viewer, role: str | None = None) -> list:
+    from napari_invert.widgets._layers import META_KEY
+
+    out = [lyr for lyr in viewer.layers if META_KEY in lyr.metadata]
+    return [lyr for lyr in out if role is None or lyr.metadata[META_KEY]["role"] == role]
+
+
+def _open_compare(viewer, qtbot, folder: Path):
+    from napari_invert.widgets._compare_widget import CompareWidget
+
+    compare = CompareWidget(viewer)
+    viewer.window.add_dock_widget(compare, name="Compare")
+    assert compare.open(folder) is not None
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view is not None, timeout=WAIT_MS)
+    return compare
+
+
+# -- manifest, reader, sample data (no viewer needed) ---------------------------------------
+def test_manifest_is_valid_and_commands_import() -> None:
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_file(MANIFEST)
+    manifest.validate_imports()
+    ids = {c.id for c in manifest.contributions.commands}
+    assert {w.command for w in manifest.contributions.widgets} <= ids
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Study", "Attack", "Compare"}
+    assert {s.display_name for s in manifest.contributions.sample_data} == {"Demo cohort", "LPBA40 subject"}
+    for command in manifest.contributions.commands:
+        module, name = command.python_name.split(":")
+        assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_reader(study_dir: Path, tmp_path: Path) -> None:
+    from napari_invert.widgets._reader import get_reader
+
+    reader = get_reader(str(study_dir))
+    assert reader is not None
+    layers = reader(str(study_dir))
+    results = StudyResults(study_dir)
+    first = results.subject_ids[0]
+    assert len(layers) == len(results.experiments()) + 1
+    data, kwargs, kind = layers[-1]
+    assert kind == "image" and kwargs["name"] == f"{first} original"
+    np.testing.assert_array_equal(data, results.original("skull_stripped", first))
+    assert kwargs["scale"] == pytest.approx(results.spacing)
+    assert get_reader(str(tmp_path)) is None  # not a study folder
+    assert get_reader([str(study_dir), str(tmp_path)]) is None
+
+
+def test_reader_reports_a_broken_study(tmp_path: Path) -> None:
+    from napari_invert.widgets._reader import read_study
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.yaml", "splits.json"):
+        (broken / name).write_text("{}", encoding="utf-8")
+    (broken / "cohort.json").write_text("{not json", encoding="utf-8")
+    start = _n_records()
+    assert read_study(str(broken)) == [(None,)]
+    assert any("cohort.json" in m for m in _errors_since(start))
+
+
+def test_lpba40_sample_or_clear_error() -> None:
+    from napari_invert.config import default_data_root
+    from napari_invert.widgets._sample_data import lpba40_sample
+
+    start = _n_records()
+    layers = lpba40_sample()
+    if (default_data_root() / "lpba40" / "images" / "S01.nii.gz").is_file():
+        assert [kind for _, _, kind in layers] == ["image", "labels"]
+        assert layers[0][0].ndim == 3
+    else:
+        assert layers == [] and _errors_since(start)
+
+
+def test_demo_cohort_sample_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sample writes the demo cohort once into the cache (make_demo_cohort stood in for speed)."""
+    import napari_invert.data.demo as demo
+    from napari_invert.data.nifti import save_nifti
+    from napari_invert.widgets._sample_data import demo_cohort_sample
+
+    calls: list[Path] = []
+
+    def fake_make_demo_cohort(out_dir, n_subjects=40, seed=0, voxel_mm=3.0):
+        calls.append(Path(out_dir))
+        image = np.random.default_rng(0).random((12, 14, 12)).astype(np.float32)
+        for i in range(n_subjects):
+            save_nifti(
+                Path(out_dir) / "images" / f"D{i + 1:02d}.nii.gz", image, np.diag([3.0, 3.0, 3.0, 1.0])
+            )
+            save_nifti(
+                Path(out_dir) / "labels" / f"D{i + 1:02d}.nii.gz",
+                (image > 0.5).astype(np.uint8),
+                np.diag([3.0, 3.0, 3.0, 1.0]),
+            )
+
+    monkeypatch.setattr(demo, "make_demo_cohort", fake_make_demo_cohort)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for _ in range(2):
+        layers = demo_cohort_sample()
+        assert [kind for _, _, kind in layers] == ["image", "labels"]
+        assert layers[0][1]["scale"] == pytest.approx((3.0, 3.0, 3.0))
+    assert len(calls) == 1 and (tmp_path / "napari-invert").is_dir()
+
+
+# -- widgets ---------------------------------------------------------------------------------
+@pytest.mark.gui
+@needs_display
+def test_plugin_widgets_share_the_study(make_napari_viewer, study_dir: Path) -> None:
+    """Widgets made by napari (viewer injected as a proxy) share one session; reader works."""
+    from napari_invert.widgets._state import session_for
+
+    viewer = make_napari_viewer()
+    _, study = viewer.window.add_plugin_dock_widget("napari-invert", "Study")
+    _, compare = viewer.window.add_plugin_dock_widget("napari-invert", "Compare")
+    _, attack = viewer.window.add_plugin_dock_widget("napari-invert", "Attack")
+    results = study.open(study_dir)
+    assert results is not None and session_for(viewer).study is results
+    assert compare.study is results and attack._study is results
+    tops = [study.tree.topLevelItem(i).text(0) for i in range(study.tree.topLevelItemCount())]
+    assert {"Subjects (3)", "Folds (2)", "Architectures (2)", "Variants (1)"} <= set(tops)
+    assert "Reconstructions (2 experiments)" in tops
+    layers = viewer.open(str(study_dir), plugin="napari-invert")
+    assert len(layers) == 3 and {lyr.ndim for lyr in layers} == {3}
+
+
+@pytest.mark.gui
+@needs_display
+def test_bad_folders_show_errors_not_exceptions(make_napari_viewer, tmp_path: Path, study_dir: Path) -> None:
+    from napari_invert.widgets._compare_widget import CompareWidget
+    from napari_invert.widgets._study_widget import StudyWidget
+
+    viewer = make_napari_viewer()
+    widget = StudyWidget(viewer)
+    compare = CompareWidget(viewer)
+    broken = tmp_path / "broken"
+    shutil.copytree(study_dir, broken)
+    (broken / "splits.json").write_text("[1, 2", encoding="utf-8")
+    for bad in (tmp_path / "missing", tmp_path, broken, study_dir / "config.yaml"):
+        start = _n_records()
+        assert widget.open(bad) is None
+        assert compare.open(bad) is None
+        assert len(_errors_since(start)) == 2, bad
+    assert "Could not open" in widget.status.text()
+    assert compare.study is None and not compare.next_button.isEnabled()
+    start = _n_records()
+    assert widget.use_cohort(tmp_path / "nope", tmp_path / "segmenter") is None
+    assert _errors_since(start)
+
+
+@pytest.mark.gui
+@needs_display
+def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path) -> None:
+    """Switching subjects updates layers and numbers; deformation maps come from evaluation/;
+    a click on the similarity matrix shows reconstruction i next to candidate original j."""
+    import nibabel as nib
+    from matplotlib.backend_bases import MouseEvent
+
+    from napari_invert.study.layout import tap_slug
+
+    viewer = make_napari_viewer()
+    compare = _open_compare(viewer, qtbot, evaluated_dir)
+    results = StudyResults(evaluated_dir)
+    ids, experiments = results.subject_ids, results.experiments()
+
+    def check(index: int) -> None:
+        sid = ids[index]
+        originals, recons = _managed(viewer, "original"), _managed(viewer, "recon")
+        assert len(originals) == 1 and len(recons) == len(experiments)
+        np.testing.assert_array_equal(originals[0].data, results.original("skull_stripped", sid))
+        for layer in recons:
+            exp = layer.metadata["napari_invert"]["experiment"]
+            np.testing.assert_array_equal(layer.data, results.recon(exp, sid))
+        table = compare.metrics_text()
+        for e_index, exp in enumerate(experiments):
+            row = table[exp.label]
+            assert row["ssim"] == f"{fake_value('ssim', index, e_index):.3f} (#{fake_rank(index, e_index)})"
+            assert row["correlation"].startswith(f"{fake_value('correlation', index, e_index):.3f}")
+            assert row["deformation"].startswith(f"{fake_value('deformation', index, e_index):.3f}")
+
+    def wait_for(sid: str) -> None:
+        qtbot.waitUntil(lambda: not compare.busy and compare.current_view.ref_subject == sid, timeout=WAIT_MS)
+
+    check(0)
+    grid = viewer.canvas.grid
+    assert grid.enabled and grid.stride == 1 and tuple(grid.shape) == (1, len(experiments) + 1)
+    # reconstructions first (experiment order), the original closes the grid
+    assert [lyr.metadata["napari_invert"]["role"] for lyr in viewer.layers] == ["recon", "recon", "original"]
+    compare.next_subject()
+    wait_for(ids[1])
+    check(1)
+    compare.previous_subject()
+    wait_for(ids[0])
+    compare.previous_subject()  # wraps around
+    wait_for(ids[-1])
+    check(len(ids) - 1)
+
+    # deformation overlay: the evaluation's maps of the true pairs
+    assert compare.overlay_boxes["deformation"].isEnabled()
+    compare.set_overlay("deformation", True)
+    qtbot.waitUntil(lambda: len(_managed(viewer, "deformation")) == 2, timeout=WAIT_MS)
+    assert grid.stride == 2
+    layer = _managed(viewer, "deformation")[0]
+    exp, sid = layer.metadata["napari_invert"]["experiment"], layer.metadata["napari_invert"]["subject"]
+    path = evaluated_dir / "evaluation" / "deformation" / f"{exp.variant}_{exp.arch}_{tap_slug(exp.tap)}"
+    np.testing.assert_allclose(layer.data, np.asarray(nib.load(path / f"{sid}.nii.gz").dataobj), rtol=1e-5)
+    compare.set_overlay("deformation", False)
+
+    # similarity matrix dock: stored matrix, click on cell (0, 2)
+    dock = compare.show_matrix()
+    assert dock is not None
+    qtbot.waitUntil(lambda: not dock.busy and dock.similarity is not None, timeout=WAIT_MS)
+    sim = dock.similarity
+    assert sim.matrix.shape == (3, 3) and sim.source.endswith(".npy")
+    dock.canvas.draw()
+    x, y = dock.cell_center(0, 2)
+    MouseEvent("button_press_event", dock.canvas, x, y, button=1)._process()
+    wait_for(sim.columns[2])
+    recon, original = _managed(viewer, "recon"), _managed(viewer, "original")
+    assert len(recon) == 1 and len(original) == 1
+    exp = recon[0].metadata["napari_invert"]["experiment"]
+    np.testing.assert_array_equal(recon[0].data, results.recon(exp, sim.rows[0]))
+    np.testing.assert_array_equal(original[0].data, results.original(exp.variant, sim.columns[2]))
+    assert "candidate" in original[0].name
+    assert compare.metrics_text()[exp.label][f"{sim.metric} vs {sim.columns[2]}"] == f"{sim.matrix[0, 2]:.3f}"
+    compare.set_subject(1)  # back to the subject view
+    qtbot.waitUntil(lambda: not compare.busy and len(_managed(viewer, "recon")) == 2, timeout=WAIT_MS)
+
+
+@pytest.mark.gui
+@needs_display
+def test_compare_unevaluated_study_and_overlays(make_napari_viewer, qtbot, study_dir: Path) -> None:
+    """No evaluation/: metrics and the matrix are computed on demand via the core, the
+    deformation overlay is disabled with its reason, and overlay toggles add/remove layers."""
+    from napari_invert.metrics.correlation import pearson_correlation
+
+    viewer = make_napari_viewer()
+    compare = _open_compare(viewer, qtbot, study_dir)
+    n_exp = len(compare.selected_experiments())
+    assert n_exp == 2
+    view = compare.current_view
+    table = compare.metrics_text()
+    r = pearson_correlation(view.recons[0], view.reference, mask=view.mask)
+    assert float(table[view.cells[0].experiment.label]["correlation"]) == pytest.approx(r, abs=1e-3)
+    assert -1.0 <= float(table[view.cells[0].experiment.label]["ssim"]) <= 1.0
+
+    box = compare.overlay_boxes["deformation"]
+    assert not box.isEnabled() and "no deformation results" in box.toolTip()
+    assert "no deformation results" in compare.deformation_note.text()
+
+    compare.set_overlay("ssim", True)
+    qtbot.waitUntil(lambda: len(_managed(viewer, "ssim")) == n_exp, timeout=WAIT_MS)
+    assert viewer.canvas.grid.stride == 2
+    ssim = _managed(viewer, "ssim")[0]
+    assert ssim.data.shape == view.reference.shape and float(ssim.data.max()) <= 1.0 + 1e-6
+    compare.set_overlay("diff", True)
+    qtbot.waitUntil(lambda: len(_managed(viewer, "diff")) == n_exp, timeout=WAIT_MS)
+    assert viewer.canvas.grid.stride == 3
+    roles = [lyr.metadata["napari_invert"]["role"] for lyr in viewer.layers]
+    assert roles == ["recon", "ssim", "diff"] * n_exp + ["original"]  # one grid cell per reconstruction
+    diff = _managed(viewer, "diff")[0]
+    cell = next(
+        i for i, c in enumerate(view.cells) if c.experiment == diff.metadata["napari_invert"]["experiment"]
+    )
+    np.testing.assert_allclose(diff.data, np.abs(view.recons[cell] - view.reference))
+
+    compare.next_subject()  # overlays follow the subject
+    qtbot.waitUntil(
+        lambda: (
+            not compare.busy
+            and len(_managed(viewer, "diff")) == n_exp
+            and _managed(viewer, "diff")[0].metadata["napari_invert"]["subject"] == compare.current_subject
+        ),
+        timeout=WAIT_MS,
+    )
+    compare.set_overlay("ssim", False)
+    compare.set_overlay("diff", False)
+    assert _managed(viewer, "ssim") == [] and _managed(viewer, "diff") == []
+    assert viewer.canvas.grid.stride == 1
+
+    dock = compare.show_matrix()
+    qtbot.waitUntil(lambda: not dock.busy and dock.similarity is not None, timeout=WAIT_MS)
+    sim = dock.similarity
+    assert sim.source == "computed on demand" and sim.metric == "correlation"
+    # the reconstructions are blurred originals: each row's best candidate is the true one
+    assert all(np.argmax(sim.matrix[i]) == sim.true_column(i) for i in range(len(sim.rows)))
+
+
+@pytest.mark.gui
+@needs_display
+def test_deformation_computed_on_demand_and_cached(
+    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study whose config asks for deformation: maps come from the core, cached on disk.
+
+    ANTs takes seconds even on tiny volumes, so the core call is replaced by a stand-in
+    with the same signature (register_pair itself is tested by the metrics tests).
+    """
+    import napari_invert.widgets._compare_widget as cw
+
+    calls: list[tuple] = []
+
+    def fake_magnitude(original, recon, mask, spacing, preset="fast"):
+        calls.append((original.shape, tuple(spacing), preset))
+        return np.abs(recon - original).astype(np.float32) * 10.0, 1.0
+
+    monkeypatch.setattr(cw, "deformation_magnitude", fake_magnitude)
+    folder = make_gui_study(tmp_path / "study", deformation=True)
+    viewer = make_napari_viewer()
+    compare = _open_compare(viewer, qtbot, folder)
+    assert compare.overlay_boxes["deformation"].isEnabled()
+    compare.set_overlay("deformation", True)
+    qtbot.waitUntil(lambda: len(_managed(viewer, "deformation")) == 2, timeout=WAIT_MS)
+    assert len(calls) == 2 and calls[0][2] == "fast"
+    assert len(list((folder / "evaluation" / "cache" / "deformation").glob("*.nii.gz"))) == 2
+    compare.set_overlay("deformation", False)  # off and on again: from the memory cache
+    assert _managed(viewer, "deformation") == []
+    compare.set_overlay("deformation", True)
+    assert len(_managed(viewer, "deformation")) == 2 and len(calls) == 2
+
+
+def _cell_spreads(image: np.ndarray, shape: tuple[int, int]) -> list[float]:
+    """Standard deviation of the grey values inside each grid cell of a screenshot."""
+    rows, cols = shape
+    h, w = image.shape[:2]
+    grey = image[..., :3].astype(float).mean(axis=-1)
+    return [
+        float(grey[r * h // rows : (r + 1) * h // rows, c * w // cols : (c + 1) * w // cols].std())
+        for r in range(rows)
+        for c in range(cols)
+    ]
+
+
+@pytest.mark.gui
+@needs_display
+@pytest.mark.parametrize("ndisplay", [2, 3])
+def test_grid_screenshot_and_shortcuts(make_napari_viewer, qtbot, evaluated_dir: Path, ndisplay: int) -> None:
+    """Every grid cell shows content (2D slice and 3D rendering); PageDown/PageUp switch subjects."""
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    compare = _open_compare(viewer, qtbot, evaluated_dir)
+    ids = compare.study.subject_ids
+    viewer.dims.ndisplay = ndisplay
+    compare.set_overlay("ssim", True)
+    qtbot.waitUntil(lambda: len(_managed(viewer, "ssim")) == 2, timeout=WAIT_MS)
+    viewer.reset_view()
+    qtbot.wait(50)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    shape = tuple(viewer.canvas.grid.shape)
+    assert shape == (1, 3)
+    spreads = _cell_spreads(shot, shape)
+    assert all(s > 5.0 for s in spreads), spreads
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key_PageDown)
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view.ref_subject == ids[1], timeout=WAIT_MS)
+    qtbot.keyClick(canvas, Qt.Key_PageUp)
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view.ref_subject == ids[0], timeout=WAIT_MS)
+    assert viewer.dims.ndisplay == ndisplay and len(_managed(viewer, "ssim")) == 2
+
+
+# -- attack ---------------------------------------------------------------------------------
+@pytest.mark.gui
+@needs_display
+def test_attack_training_cancel_and_train(make_napari_viewer, qtbot, trainable_dir: Path) -> None:
+    from napari_invert.checkpoint import checkpoint_exists
+    from napari_invert.widgets._attack_widget import AttackWidget
+    from napari_invert.widgets._state import open_study, session_for
+
+    viewer = make_napari_viewer()
+    attack = AttackWidget(viewer)
+    viewer.window.add_dock_widget(attack, name="Attack")
+    results, config = open_study(trainable_dir)
+    session_for(viewer).set_study(results, config)
+    assert attack.train_button.isEnabled()
+    fold0 = results.splits["folds"][0]
+    assert attack.attack_ids() == fold0["attack"]  # the attacker's own data only
+    stem = attack.decoder_stem()
+    assert (
+        stem == results.folder.decoder_stem("skull_stripped", 0, "segnet", "bottleneck+indices")
+        or stem.name == "decoder"
+    )
+
+    # a long training, cancelled after its first steps
+    attack.steps.setValue(100_000)
+    attack.batch_size.setValue(1)
+    attack.base_filters.setValue(2)
+    attack.device_combo.setCurrentText("cpu")
+    assert attack.start_training()
+    assert attack.cancel_button.isEnabled() and not attack.train_button.isEnabled()
+    qtbot.waitUntil(lambda: attack.progress.value() >= 2, timeout=WAIT_MS)
+    attack.cancel()
+    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
+    outcome = attack.last_outcome
+    assert outcome is not None and outcome.cancelled and 2 <= outcome.steps_done < 100_000
+    assert not checkpoint_exists(stem)  # nothing saved as "the" decoder
+    assert "Cancelled" in attack.status.text() and attack.train_button.isEnabled()
+
+    # a short training runs to the end, saves the decoder and shows the private subjects
+    attack.steps.setValue(3)
+    n_layers = len(viewer.layers)
+    assert attack.start_training()
+    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
+    outcome = attack.last_outcome
+    assert not outcome.cancelled and outcome.saved is not None, attack.status.text()
+    assert checkpoint_exists(stem)
+    assert len(viewer.layers) == n_layers + len(fold0["private"])
+    # refusing to overwrite without the tick box
+    start = _n_records()
+    assert not attack.start_training()
+    assert _errors_since(start)
+    # the saved decoder can be loaded again to reconstruct the private subjects
+    assert attack.load_decoder()
+    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
+    assert set(attack.last_outcome.recons) == set(fold0["private"])
+    assert len(viewer.layers) == n_layers + 2 * len(fold0["private"])
+    # a bad decoder file: a message in the viewer, nothing raised into Qt
+    bad = trainable_dir / "not_a_decoder.json"
+    bad.write_text("{}", encoding="utf-8")
+    attack.decoder_file.value = bad
+    start = _n_records()
+    assert attack.load_decoder()
+    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
+    assert "failed" in attack.status.text() and _errors_since(start)
+
+
+@pytest.mark.gui
+@needs_display
+def test_attack_on_a_cohort_with_a_segmenter(
+    make_napari_viewer, qtbot, trainable_dir: Path, tmp_path: Path
+) -> None:
+    """Cohort + checkpoint mode: the cohort is preprocessed for the segmenter, the decoder is
+    saved next to the checkpoint."""
+    from napari_invert.checkpoint import checkpoint_exists
+    from napari_invert.data.nifti import save_nifti
+    from napari_invert.widgets._attack_widget import AttackWidget
+    from napari_invert.widgets._study_widget import StudyWidget
+
+    results = StudyResults(trainable_dir)
+    cohort = tmp_path / "cohort"
+    for sid in results.subject_ids:
+        save_nifti(
+            cohort / "images" / f"{sid}.nii.gz", results.original("skull_stripped", sid), results.affine
+        )
+        mask = results.mask("skull_stripped", sid).astype(np.uint8)
+        save_nifti(cohort / "masks" / f"{sid}.nii.gz", mask, results.affine)
+    segmenter = results.folder.segmenter_stem("skull_stripped", 0, "unet")
+    viewer = make_napari_viewer()
+    study, attack = StudyWidget(viewer), AttackWidget(viewer)
+    assert study.use_cohort(cohort, segmenter.with_suffix(".json")) is not None
+    assert attack.arch_combo.currentText() == "unet" and attack.attack_ids() == results.subject_ids
+    assert attack.tap_combo.currentText() in ("bottleneck", "bottleneck+skips")
+    attack.steps.setValue(2)
+    attack.batch_size.setValue(1)
+    attack.base_filters.setValue(2)
+    attack.device_combo.setCurrentText("cpu")
+    for i in range(1, attack.attack_list.count()):  # keep one subject out to reconstruct it
+        attack.attack_list.item(i).setCheckState(0)
+    assert attack.start_training(), attack.status.text()
+    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
+    outcome = attack.last_outcome
+    assert outcome is not None and outcome.saved is not None, attack.status.text()
+    assert checkpoint_exists(attack.decoder_stem()) and attack.decoder_stem().parent == segmenter.parent
+    victims = set(results.splits["folds"][0]["private"]) - {results.subject_ids[0]}  # meta "trained_on"
+    assert set(outcome.recons) == (victims or set(results.subject_ids[1:]))
