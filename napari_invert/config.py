@@ -146,6 +146,10 @@ class DeformationConfig(_Strict):
     preset: Literal["fast", "paper"] = "fast"
     sample_size: int = Field(default=5, ge=1, description="candidates per reconstruction in 'sample'")
     workers: int = Field(default=2, ge=1)
+    taps: Literal["first", "all"] = Field(
+        default="first",
+        description="register only the first tap listed per architecture (the paper's Table 3) or all",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

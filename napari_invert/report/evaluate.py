@@ -555,7 +555,8 @@ def evaluate_study(
                 [pm[p, t] for p, t in zip(prior_rows, true_index)], dtype=float
             )
             ev.candidates_per_row[metric] = len(vd.candidate_ids)
-        if mode != "off":
+        first_tap = (config.attack.taps.get(exp.arch) or [exp.tap])[0]
+        if mode != "off" and (config.evaluation.deformation.taps == "all" or exp.tap == first_tap):
             _deformation(results, ev, vd, recons, mode, config.evaluation.deformation, out_dir, log, files)
         for metric, matrix in ev.similarity.items():
             higher = higher_is_better(metric)

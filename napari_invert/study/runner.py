@@ -26,15 +26,16 @@ import numpy as np
 import yaml
 
 from napari_invert._io import write_json_atomic, write_text_atomic
-from napari_invert.config import StudyConfig, dump_config
+from napari_invert.config import StudyConfig, dump_config, parse_config
 from napari_invert.errors import ConfigError
 from napari_invert.study.layout import StudyFolder
 from napari_invert.study.splits import Fold, make_splits, splits_document
 
 log = logging.getLogger(__name__)
 
-#: Settings that may differ between runs of one study folder without invalidating it.
-_RUNTIME_KEYS = ("device", "num_threads")
+#: Settings that may differ between runs of one study folder without invalidating it:
+#: where and how fast it runs, and how it is evaluated afterwards.
+_RUNTIME_KEYS = ("device", "num_threads", "evaluation", "name")
 
 
 def _now() -> str:
@@ -122,9 +123,11 @@ class StudyRunner:
         current = self.config.model_dump(mode="json")
         if self.folder.config_path.exists():
             try:
-                previous = yaml.safe_load(self.folder.config_path.read_text(encoding="utf-8")) or {}
+                raw = yaml.safe_load(self.folder.config_path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{self.folder.config_path}: unreadable ({exc})") from None
+            # Validate through the schema so keys added with defaults in newer versions compare equal.
+            previous = parse_config(raw, source=str(self.folder.config_path)).model_dump(mode="json")
             if _comparable(previous) != _comparable(current):
                 diff = sorted(
                     k
