@@ -15,7 +15,7 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/segmenter.{safetensors,json}, segmenter_curve.csv
       <variant>/fold<k>/<arch>/<tap>/decoder.{safetensors,json}, decoder_curve.csv
       <variant>/fold<k>/<arch>/<tap>/recon/<ID>.nii.gz          model grid
-      <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   subject's native grid/affine
+      <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
       evaluation/                            written by ``napari-invert evaluate``
 
 ``<tap>`` is the tap name with ``+`` replaced by ``_`` (``bottleneck_skips``).

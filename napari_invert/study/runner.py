@@ -353,12 +353,16 @@ class StudyRunner:
             recon = recon.astype(np.float32)
             sid = subject.subject_id
             save_nifti(self.folder.recon(variant, fold.fold, arch, tap, sid), recon, subject.affine)
-            native, native_affine = subject.to_native(recon, order=1)
-            save_nifti(
-                self.folder.recon_native(variant, fold.fold, arch, tap, subject.subject_id),
-                native.astype(np.float32),
-                native_affine,
-            )
+            if sid in fold.private:
+                # Private reconstructions are the evidence: also write them on the subject's
+                # own grid and affine (the attack-set ones are kept on the model grid only;
+                # resampling 40 volumes to 1 mm would dominate the run time on a CPU).
+                native, native_affine = subject.to_native(recon, order=1)
+                save_nifti(
+                    self.folder.recon_native(variant, fold.fold, arch, tap, sid),
+                    native.astype(np.float32),
+                    native_affine,
+                )
         self._mark(key, seconds=round(time.perf_counter() - t0, 1), reconstructed=len(targets))
 
 
