@@ -1,0 +1,145 @@
+"""Build, save, load and apply segmenters.
+
+A saved segmenter is a checkpoint (:mod:`napari_invert.checkpoint`): ``stem.safetensors``
+holds the weights and ``stem.json`` holds ``{"kind": "segmenter", "arch",
+"segmenter_config", "n_classes", "in_channels", ...free meta}``, enough to rebuild the
+network from the JSON alone. :func:`load_segmenter` also accepts the resumable training
+checkpoint written by :func:`~napari_invert.models.train_segmenter`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_invert.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from napari_invert.config import SegmenterConfig
+from napari_invert.device import autocast
+from napari_invert.errors import CheckpointError, ConfigError
+from napari_invert.models.base import Segmenter
+from napari_invert.models.segnet import SegNet3D
+from napari_invert.models.unet import UNet3D
+
+ARCHITECTURES: dict[str, type[Segmenter]] = {"unet": UNet3D, "segnet": SegNet3D}
+
+#: meta keys written by :func:`save_segmenter` (user meta may not override them)
+RESERVED_META = ("kind", "arch", "segmenter_config", "n_classes", "in_channels", "format_version")
+
+
+def build_segmenter(arch: str, config: SegmenterConfig, n_classes: int, in_channels: int = 1) -> Segmenter:
+    """Create an untrained ``unet`` or ``segnet`` for ``n_classes`` classes (incl. background).
+
+    Weights are initialised from torch's global RNG: call ``torch.manual_seed`` first for
+    reproducible initialisation.
+    """
+    try:
+        cls = ARCHITECTURES[arch]
+    except KeyError:
+        raise ConfigError(
+            f"segmenter architecture: unknown '{arch}' (choose from {sorted(ARCHITECTURES)})"
+        ) from None
+    return cls(config, n_classes=n_classes, in_channels=in_channels)
+
+
+def segmenter_from_spec(spec: dict[str, Any], source: Any = "<spec>") -> Segmenter:
+    """Rebuild an (untrained) segmenter from :meth:`Segmenter.spec` output."""
+    try:
+        config = SegmenterConfig.model_validate(spec["segmenter_config"])
+        return build_segmenter(
+            spec["arch"], config, n_classes=int(spec["n_classes"]), in_channels=int(spec["in_channels"])
+        )
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise CheckpointError(
+            f"{source}: cannot rebuild the segmenter from its description ({exc})"
+        ) from None
+
+
+def save_segmenter(stem: str | Path, model: Segmenter, meta: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` as ``stem.safetensors`` + ``stem.json``; returns the JSON path.
+
+    ``meta``: free JSON-serialisable information (fold, subjects, Dice, ...) stored
+    alongside the architecture description.
+    """
+    extra = {k: v for k, v in (meta or {}).items() if k not in RESERVED_META}
+    _, meta_path = save_checkpoint(
+        stem, dict(model.state_dict()), {**extra, "kind": "segmenter", **model.spec()}
+    )
+    return meta_path
+
+
+def load_segmenter(stem: str | Path, device: str | torch.device = "cpu") -> tuple[Segmenter, dict[str, Any]]:
+    """Load a segmenter saved by :func:`save_segmenter` (or a training checkpoint).
+
+    Returns ``(model in eval mode on device, meta)``. Raises
+    :class:`~napari_invert.errors.CheckpointError` naming the file when it is missing,
+    corrupt or does not describe a segmenter.
+    """
+    tensors, meta = load_checkpoint(stem, device="cpu")
+    source = Path(str(stem)).with_suffix(".json") if not str(stem).endswith(".json") else stem
+    spec = meta
+    if meta.get("kind") == "training_state":
+        spec = meta.get("module", {})
+        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    if spec.get("kind") != "segmenter":
+        raise CheckpointError(f"{source}: not a segmenter checkpoint (kind={spec.get('kind')!r})")
+    model = segmenter_from_spec(spec, source)
+    load_module_state(model, tensors, source)
+    model.to(device)
+    model.eval()
+    return model, meta
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def predict_proba(
+    model: Segmenter, image: np.ndarray, device: str | torch.device | None = None
+) -> np.ndarray:
+    """Softmax class probabilities ``(C, X, Y, Z)`` float32 in [0, 1] for one image
+    ``(X, Y, Z)`` (or ``(in_channels, X, Y, Z)``)."""
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    model.eval()
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if x.ndim == 3:
+        x = x[None]
+    x = x[None].to(device)
+    with autocast(device):
+        logits = model(x)
+    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+
+@torch.no_grad()
+def predict(model: Segmenter, image: np.ndarray, device: str | torch.device | None = None) -> np.ndarray:
+    """Segment one image.
+
+    Parameters
+    ----------
+    image
+        ``(X, Y, Z)`` float32 (or ``(in_channels, X, Y, Z)``), normalised like the
+        training images; spatial sizes divisible by ``pool_size ** levels``.
+    device
+        Where to run (default: where the model's parameters are).
+
+    Returns
+    -------
+    ``(X, Y, Z)`` int64 class labels in ``0..n_classes-1`` (argmax of the softmax).
+    """
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    model.eval()
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    if x.ndim == 3:
+        x = x[None]
+    x = x[None].to(device)
+    with autocast(device):
+        logits = model(x)
+    return logits.float().argmax(dim=1)[0].to(torch.int64).cpu().numpy()
