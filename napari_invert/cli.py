@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_invert import __version__
-from napari_invert.errors import NapariInvertError
+from napari_invert.errors import ConfigError, NapariInvertError
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
@@ -44,6 +44,18 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from napari_invert.study.runner import StudyRunner
 
     config = load_config(args.config)
+    if args.jobs > 1:
+        from napari_invert.study.runner import run_study_parallel
+
+        if args.variants or args.architectures:
+            raise ConfigError("--jobs runs whole folds; do not combine it with --variants/--architectures")
+        folder = run_study_parallel(
+            config, args.out, args.jobs, device=args.device, folds=args.folds, progress=not args.no_progress
+        )
+        print(f"study finished: {folder.root}")
+        if args.evaluate:
+            return _evaluate(folder.root, None, None, args.device, not args.no_progress)
+        return 0
     runner = StudyRunner(
         config,
         args.out,
@@ -141,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds")
     study.add_argument("--variants", nargs="+", default=None, choices=["skull_stripped", "full_head"])
     study.add_argument("--architectures", nargs="+", default=None, choices=["unet", "segnet"])
+    study.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores)",
+    )
     study.add_argument("--evaluate", action="store_true", help="evaluate and write the report afterwards")
     add_common(study)
     study.set_defaults(func=_cmd_study)
