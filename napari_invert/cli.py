@@ -111,7 +111,7 @@ def _cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a wi
     except ImportError:
         print("napari is not installed: pip install 'napari-invert[napari]'", file=sys.stderr)
         return 2
-    from napari_invert.widgets import open_study_in_viewer
+    from napari_invert.widgets._launch import open_study_in_viewer
 
     viewer = napari.Viewer(title=f"napari-invert: {args.study}")
     open_study_in_viewer(viewer, Path(args.study))

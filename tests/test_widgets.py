@@ -43,7 +43,7 @@ def _display_problem() -> str | None:
 
 #: Applied with ``@pytest.mark.gui`` to every test that opens a viewer.
 needs_display = pytest.mark.skipif(_display_problem() is not None, reason=_display_problem() or "")
-WAIT_MS = 20_000
+WAIT_MS = 60_000
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -158,33 +158,21 @@ def test_lpba40_sample_or_clear_error() -> None:
 
 
 def test_demo_cohort_sample_uses_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sample writes the demo cohort once into the cache (make_demo_cohort stood in for speed)."""
-    import napari_invert.data.demo as demo
-    from napari_invert.data.nifti import save_nifti
-    from napari_invert.widgets._sample_data import demo_cohort_sample
+    """The sample writes the real demo cohort once into the cache, then reuses it."""
+    from napari_invert.widgets._sample_data import demo_cohort_folder, demo_cohort_sample
 
-    calls: list[Path] = []
-
-    def fake_make_demo_cohort(out_dir, n_subjects=40, seed=0, voxel_mm=3.0):
-        calls.append(Path(out_dir))
-        image = np.random.default_rng(0).random((12, 14, 12)).astype(np.float32)
-        for i in range(n_subjects):
-            save_nifti(
-                Path(out_dir) / "images" / f"D{i + 1:02d}.nii.gz", image, np.diag([3.0, 3.0, 3.0, 1.0])
-            )
-            save_nifti(
-                Path(out_dir) / "labels" / f"D{i + 1:02d}.nii.gz",
-                (image > 0.5).astype(np.uint8),
-                np.diag([3.0, 3.0, 3.0, 1.0]),
-            )
-
-    monkeypatch.setattr(demo, "make_demo_cohort", fake_make_demo_cohort)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    for _ in range(2):
-        layers = demo_cohort_sample()
-        assert [kind for _, _, kind in layers] == ["image", "labels"]
-        assert layers[0][1]["scale"] == pytest.approx((3.0, 3.0, 3.0))
-    assert len(calls) == 1 and (tmp_path / "napari-invert").is_dir()
+    layers = demo_cohort_sample()
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+    assert layers[0][1]["scale"] == pytest.approx((3.0, 3.0, 3.0))
+    assert layers[0][0].shape == (64, 80, 64) and float(layers[0][0].std()) > 0
+    assert set(np.unique(layers[1][0])) >= set(range(1, 17))  # the demo's 16 structures
+    folder = demo_cohort_folder()
+    stamp = (folder / "cohort.yaml").stat().st_mtime_ns
+    again = demo_cohort_sample()
+    assert np.array_equal(again[0][0], layers[0][0])
+    assert (folder / "cohort.yaml").stat().st_mtime_ns == stamp  # not rewritten
+    assert folder.is_relative_to(tmp_path / "napari-invert")
 
 
 # -- widgets ---------------------------------------------------------------------------------
@@ -375,20 +363,17 @@ def test_compare_unevaluated_study_and_overlays(make_napari_viewer, qtbot, study
 def test_deformation_computed_on_demand_and_cached(
     make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A study whose config asks for deformation: maps come from the core, cached on disk.
-
-    ANTs takes seconds even on tiny volumes, so the core call is replaced by a stand-in
-    with the same signature (register_pair itself is tested by the metrics tests).
-    """
+    """A study whose config asks for deformation: maps come from ANTs via the core, cached on disk."""
     import napari_invert.widgets._compare_widget as cw
 
     calls: list[tuple] = []
+    real = cw.deformation_magnitude
 
-    def fake_magnitude(original, recon, mask, spacing, preset="fast"):
+    def counting(original, recon, mask, spacing, preset="fast"):
         calls.append((original.shape, tuple(spacing), preset))
-        return np.abs(recon - original).astype(np.float32) * 10.0, 1.0
+        return real(original, recon, mask, spacing, preset)
 
-    monkeypatch.setattr(cw, "deformation_magnitude", fake_magnitude)
+    monkeypatch.setattr(cw, "deformation_magnitude", counting)  # counts calls; computes for real
     folder = make_gui_study(tmp_path / "study", deformation=True)
     viewer = make_napari_viewer()
     compare = _open_compare(viewer, qtbot, folder)
@@ -396,6 +381,9 @@ def test_deformation_computed_on_demand_and_cached(
     compare.set_overlay("deformation", True)
     qtbot.waitUntil(lambda: len(_managed(viewer, "deformation")) == 2, timeout=WAIT_MS)
     assert len(calls) == 2 and calls[0][2] == "fast"
+    for layer in _managed(viewer, "deformation"):  # |displacement| in mm: finite, >= 0, not all 0
+        data = np.asarray(layer.data)
+        assert np.isfinite(data).all() and data.min() >= 0 and data.max() > 0
     assert len(list((folder / "evaluation" / "cache" / "deformation").glob("*.nii.gz"))) == 2
     compare.set_overlay("deformation", False)  # off and on again: from the memory cache
     assert _managed(viewer, "deformation") == []
@@ -549,3 +537,19 @@ def test_attack_on_a_cohort_with_a_segmenter(
     assert checkpoint_exists(attack.decoder_stem()) and attack.decoder_stem().parent == segmenter.parent
     victims = set(results.splits["folds"][0]["private"]) - {results.subject_ids[0]}  # meta "trained_on"
     assert set(outcome.recons) == (victims or set(results.subject_ids[1:]))
+
+
+def test_stored_similarity_metrics_do_not_mix_taps(tmp_path: Path) -> None:
+    """``bottleneck`` must not claim the matrices of ``bottleneck+skips`` (shared prefix)."""
+    from napari_invert.study.layout import StudyFolder
+    from napari_invert.study.results import Experiment
+    from napari_invert.widgets._study_data import stored_similarity_metrics
+
+    folder = StudyFolder(tmp_path)
+    folder.evaluation_dir.mkdir()
+    np.save(folder.evaluation_dir / "similarity_skull_stripped_unet_bottleneck_skips_ssim.npy", np.eye(2))
+    np.save(folder.evaluation_dir / "similarity_skull_stripped_unet_bottleneck_correlation.npy", np.eye(2))
+    skips = Experiment("skull_stripped", "unet", "bottleneck+skips")
+    bottleneck = Experiment("skull_stripped", "unet", "bottleneck")
+    assert stored_similarity_metrics(folder, skips) == ["ssim"]
+    assert stored_similarity_metrics(folder, bottleneck) == ["correlation"]

@@ -145,18 +145,12 @@ def similarity_path(folder: StudyFolder, experiment: Experiment, metric: str) ->
 
 
 def stored_similarity_metrics(folder: StudyFolder, experiment: Experiment) -> list[str]:
-    """Metrics for which ``experiment`` has a stored similarity matrix."""
-    stems = [
-        f"similarity_{experiment.variant}_{experiment.arch}_{tap}_"
-        for tap in dict.fromkeys((tap_slug(experiment.tap), experiment.tap))
-    ]
-    found: set[str] = set()
-    if folder.evaluation_dir.is_dir():
-        for path in folder.evaluation_dir.glob("similarity_*.npy"):
-            for stem in stems:
-                if path.name.startswith(stem):
-                    found.add(path.name[len(stem) : -len(".npy")])
-    return sort_metrics(found)
+    """Metrics for which ``experiment`` has a stored similarity matrix.
+
+    Looked up metric by metric: a prefix match would let ``..._bottleneck_`` also claim the
+    files of ``..._bottleneck_skips_``.
+    """
+    return [m for m in METRIC_ORDER if similarity_path(folder, experiment, m) is not None]
 
 
 @dataclass(frozen=True)
