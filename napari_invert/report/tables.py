@@ -321,7 +321,8 @@ def table1(rows: Sequence[MetricRow]) -> Table:
         "SSIM (global, paper's): one SSIM over all mask voxels, as in the paper's code; "
         "compare the paper's SSIM column with this one.",
         "'prior' = the attacker's mean image of its own (attack) subjects scored against the same "
-        "original: a reconstruction that scores no higher than the prior leaks nothing measurable.",
+        "original: a mean score near the prior's says the image as a whole is generic, but "
+        "re-identification (Table 3) is the decisive test of whether it still leaks who the patient is.",
         "Paper numbers (Subbanna et al. 2021, Table 1) are for LPBA40 (skull-stripped) / with skull, "
         "n = 40; matched by architecture and variant, whatever the tap.",
     ]
