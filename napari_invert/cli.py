@@ -94,7 +94,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = demo_config(n_subjects=args.subjects)
     out = Path(args.out)
     print(f"napari-invert demo: {config.cohort.n_subjects} synthetic subjects, study folder {out}")
-    folder = StudyRunner(config, out, device=args.device, progress=not args.no_progress).run()
+    if args.jobs > 1:
+        from napari_invert.study.runner import run_study_parallel
+
+        folder = run_study_parallel(config, out, args.jobs, device=args.device, progress=not args.no_progress)
+    else:
+        folder = StudyRunner(config, out, device=args.device, progress=not args.no_progress).run()
     return _evaluate(folder.root, None, None, args.device, not args.no_progress)
 
 
@@ -178,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo study on the embedded synthetic cohort")
     demo.add_argument("--out", default="napari-invert-demo", help="study folder (default: %(default)s)")
     demo.add_argument("--subjects", type=int, default=None, help="number of demo subjects (default 40)")
+    demo.add_argument("--jobs", type=int, default=2, help="parallel fold processes (default: %(default)s)")
     add_common(demo)
     demo.set_defaults(func=_cmd_demo)
 

@@ -5,11 +5,16 @@ Tests that need the data skip, with the reason, only when the folder is truly ab
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from napari_invert.config import default_data_root
+
+# One thread per process: the suite's volumes are tiny, and on a 2-core CI machine extra
+# OpenMP threads only contend (set before torch is imported; subprocesses inherit it).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

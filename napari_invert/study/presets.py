@@ -10,7 +10,7 @@ from napari_invert.config import StudyConfig, parse_config
 
 DEMO: dict = {
     "name": "demo",
-    "cohort": {"kind": "demo", "n_subjects": 40, "seed": 0, "demo_voxel_mm": 4.0},
+    "cohort": {"kind": "demo", "n_subjects": 40, "seed": 0, "demo_voxel_mm": 6.0},
     "preprocess": {
         "voxel_mm": None,
         "normalisation": "percentile",
@@ -35,6 +35,7 @@ DEMO: dict = {
     },
     "evaluation": {"metrics": ["correlation", "ssim", "ssim_global", "dice"], "deformation": {"mode": "off"}},
     "device": "auto",
+    "num_threads": 1,
 }
 
 
