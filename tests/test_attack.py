@@ -31,14 +31,6 @@ from napari_invert.models import build_segmenter
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from threads, and on shared cores OpenMP threads waiting
-    for each other make steps 10x slower: run these tests on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def blobs(n: int, size: int = 16, seed: int = 0) -> list[np.ndarray]:

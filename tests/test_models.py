@@ -27,14 +27,6 @@ from napari_invert.models import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors gain nothing from threads, and on shared cores OpenMP threads waiting
-    for each other make steps 10x slower: run these tests on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(levels: int = 2, **kw: object) -> SegmenterConfig:

@@ -109,6 +109,17 @@ def check_same_shape(a_shape: tuple[int, ...], b_shape: tuple[int, ...], what: s
 # --------------------------------------------------------------------------------------
 # single pair
 # --------------------------------------------------------------------------------------
+def masked_values(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The voxels of ``a`` and ``b`` inside ``mask`` (all voxels if ``None``) as float64 vectors."""
+    if mask is None:
+        return a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    mask = np.asarray(mask, dtype=bool)
+    check_same_shape(a.shape, mask.shape, f"{what} mask")
+    return a[mask].astype(np.float64), b[mask].astype(np.float64)
+
+
 def pearson_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Pearson correlation of the grey levels of two volumes (the paper's "MCC").
 
@@ -129,14 +140,7 @@ def pearson_correlation(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = 
     a = np.asarray(a)
     b = np.asarray(b)
     check_same_shape(a.shape, b.shape, "pearson_correlation")
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        check_same_shape(a.shape, mask.shape, "pearson_correlation mask")
-        x = a[mask].astype(np.float64)
-        y = b[mask].astype(np.float64)
-    else:
-        x = a.astype(np.float64).ravel()
-        y = b.astype(np.float64).ravel()
+    x, y = masked_values(a, b, mask, "pearson_correlation")
     if x.size == 0:
         return float("nan")
     x = x - x.mean()

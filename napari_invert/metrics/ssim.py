@@ -65,6 +65,7 @@ from napari_invert.metrics.correlation import (
     as_volume_list,
     check_same_shape,
     masked_moments_matrix,
+    masked_values,
     resolve_device,
     torch_threads,
 )
@@ -644,14 +645,7 @@ def ssim_global(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, data_rang
     """
     a, b = _check_pair(a, b, "ssim_global")
     data_range = _check_range(data_range)
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        check_same_shape(mask.shape, a.shape, "ssim_global mask")
-        x = a[mask].astype(np.float64)
-        y = b[mask].astype(np.float64)
-    else:
-        x = a.astype(np.float64).ravel()
-        y = b.astype(np.float64).ravel()
+    x, y = masked_values(a, b, mask, "ssim_global")
     if x.size == 0:
         return float("nan")
     mx, my = x.mean(), y.mean()
