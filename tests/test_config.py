@@ -47,7 +47,7 @@ def test_tap_must_fit_architecture():
 
 
 def test_cohort_path_required_for_real_data():
-    with pytest.raises(ConfigError, match="cohort.path is required"):
+    with pytest.raises(ConfigError, match=r"cohort\.path is required"):
         parse_config({"cohort": {"kind": "lpba40"}})
 
 
