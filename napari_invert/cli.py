@@ -44,13 +44,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from napari_invert.study.runner import StudyRunner
 
     config = load_config(args.config)
-    if args.jobs > 1:
+    jobs = args.jobs if args.jobs is not None else config.jobs
+    if jobs > 1:
         from napari_invert.study.runner import run_study_parallel
 
         if args.variants or args.architectures:
             raise ConfigError("--jobs runs whole folds; do not combine it with --variants/--architectures")
         folder = run_study_parallel(
-            config, args.out, args.jobs, device=args.device, folds=args.folds, progress=not args.no_progress
+            config, args.out, jobs, device=args.device, folds=args.folds, progress=not args.no_progress
         )
         print(f"study finished: {folder.root}")
         if args.evaluate:
@@ -94,10 +95,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = demo_config(n_subjects=args.subjects)
     out = Path(args.out)
     print(f"napari-invert demo: {config.cohort.n_subjects} synthetic subjects, study folder {out}")
-    if args.jobs > 1:
+    jobs = args.jobs if args.jobs is not None else config.jobs
+    if jobs > 1:
         from napari_invert.study.runner import run_study_parallel
 
-        folder = run_study_parallel(config, out, args.jobs, device=args.device, progress=not args.no_progress)
+        folder = run_study_parallel(config, out, jobs, device=args.device, progress=not args.no_progress)
     else:
         folder = StudyRunner(config, out, device=args.device, progress=not args.no_progress).run()
     return _evaluate(folder.root, None, None, args.device, not args.no_progress)
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo study on the embedded synthetic cohort")
     demo.add_argument("--out", default="napari-invert-demo", help="study folder (default: %(default)s)")
     demo.add_argument("--subjects", type=int, default=None, help="number of demo subjects (default 40)")
-    demo.add_argument("--jobs", type=int, default=2, help="parallel fold processes (default: %(default)s)")
+    demo.add_argument("--jobs", type=int, default=None, help="parallel fold processes (default: 2)")
     add_common(demo)
     demo.set_defaults(func=_cmd_demo)
 

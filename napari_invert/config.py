@@ -183,6 +183,7 @@ class StudyConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    jobs: int = Field(default=1, ge=1, description="folds run in this many parallel processes")
 
     @property
     def multiple_of(self) -> int:

@@ -36,6 +36,7 @@ DEMO: dict = {
     "evaluation": {"metrics": ["correlation", "ssim", "ssim_global", "dice"], "deformation": {"mode": "off"}},
     "device": "auto",
     "num_threads": 1,
+    "jobs": 2,
 }
 
 
