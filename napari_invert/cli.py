@@ -108,7 +108,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from napari_invert.bench import run_benchmarks
 
-    run_benchmarks(quick=args.quick, device=args.device, out_dir=Path(args.out))
+    studies = [Path(p) for p in args.study] if args.study else None
+    run_benchmarks(quick=args.quick, device=args.device, out_dir=Path(args.out), studies=studies)
     return 0
 
 
@@ -193,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     bench.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
     bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument(
+        "--study",
+        nargs="+",
+        default=None,
+        help="finished study folders whose end-to-end wall times (manifest.json) are reported",
+    )
     bench.set_defaults(func=_cmd_bench)
 
     view = sub.add_parser("view", help="open a study folder in napari")
