@@ -79,7 +79,7 @@ def test_files_and_schema(tiny_run: tuple[dict[str, Any], Path]) -> None:
     doc, out = tiny_run
     on_disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert on_disk["schema_version"] == SCHEMA_VERSION == doc["schema_version"]
-    assert on_disk["mode"] == "tiny" and on_disk["device"] == "cpu"
+    assert on_disk["mode"] == "tiny" and on_disk["device"] == "cpu" and on_disk["complete"] is True
     for key in ("created", "machine", "plan", "cases", "notes", "load_average_start", "seconds"):
         assert key in on_disk, key
     machine = on_disk["machine"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,17 @@ def _volumes(case: SimilarityCase, log: _Log, notes: list[str]) -> Any:
     return synthetic_volumes(case.shape, n)
 
 
-def _similarity(plan: Plan, device: str, log: _Log, notes: list[str]) -> tuple[list, list]:
+def _similarity(
+    plan: Plan,
+    device: str,
+    log: _Log,
+    notes: list[str],
+    ssim_out: list[dict[str, Any]],
+    corr_out: list[dict[str, Any]],
+    checkpoint: Callable[[], None],
+) -> None:
+    """Run the similarity cases, appending to ``ssim_out`` / ``corr_out`` and calling
+    ``checkpoint()`` after each (partial results survive an interrupted run)."""
     import torch
 
     from napari_invert.bench.cases.similarity import bench_correlation, bench_ssim
@@ -163,8 +174,6 @@ def _similarity(plan: Plan, device: str, log: _Log, notes: list[str]) -> tuple[l
     settings: list[int | None] = [None]
     if plan.one_thread and device == "cpu" and torch.get_num_threads() > 1:
         settings.append(1)
-    ssim_out: list[dict[str, Any]] = []
-    corr_out: list[dict[str, Any]] = []
     for case in plan.similarity:
         try:
             vs = _volumes(case, log, notes)
@@ -197,8 +206,8 @@ def _similarity(plan: Plan, device: str, log: _Log, notes: list[str]) -> tuple[l
                         "error": f"{type(exc).__name__}: {exc}",
                     }
                 out.append(res)
+                checkpoint()
         del vs
-    return ssim_out, corr_out
 
 
 def _grids(plan: Plan, studies: list[Path] | None, log: _Log, notes: list[str]) -> list[Any]:
@@ -279,6 +288,7 @@ def run_benchmarks(
     tiny: bool = False,
     progress: bool = True,
     sections: tuple[str, ...] = ("similarity", "training", "registration", "end_to_end"),
+    plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Run the benchmarks and write ``out_dir/results.json`` and ``out_dir/results.md``.
 
@@ -301,19 +311,24 @@ def run_benchmarks(
         Log progress lines on stderr.
     sections
         Subset of ``similarity``, ``training``, ``registration``, ``end_to_end``.
+    plan
+        A custom :class:`Plan` (e.g. ``dataclasses.replace(plan_for(False), similarity=...)``
+        to rerun one case); overrides ``quick`` / ``tiny``.
 
     Returns
     -------
     dict
         The document written to ``results.json`` (``schema_version``, ``mode``,
-        ``device``, ``machine``, ``plan``, ``cases``, ``notes``, load averages, ``seconds``).
+        ``device``, ``machine``, ``plan``, ``cases``, ``notes``, load averages, ``seconds``,
+        ``complete``). ``results.json`` is also rewritten after every similarity case and
+        every section with ``complete: false``, so an interrupted run keeps what it measured.
     """
     from napari_invert.bench.cases.studies import end_to_end
     from napari_invert.device import resolve_device
 
     t0 = time.perf_counter()
     dev = str(resolve_device(device or "auto"))
-    plan = plan_for(quick, tiny)
+    plan = plan if plan is not None else plan_for(quick, tiny)
     log = _Log(progress)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -332,11 +347,18 @@ def run_benchmarks(
         "load_average_start": load_average(),
         "cases": {},
         "notes": notes,
+        "complete": False,
     }
+
+    def checkpoint() -> None:
+        doc["seconds"] = time.perf_counter() - t0
+        write_json_atomic(out_dir / "results.json", doc)
+
     log(f"bench {plan.mode} on {dev}; results -> {out_dir}")
     cases = doc["cases"]
     if "similarity" in sections:
-        cases["ssim"], cases["correlation"] = _similarity(plan, dev, log, notes)
+        cases["ssim"], cases["correlation"] = [], []
+        _similarity(plan, dev, log, notes, cases["ssim"], cases["correlation"], checkpoint)
     grids: list[Any] = []
     if "training" in sections or "registration" in sections:
         grids = _grids(plan, studies, log, notes)
@@ -345,11 +367,14 @@ def run_benchmarks(
         from napari_invert.bench.cases.training import bench_training
 
         cases["training"] = bench_training(grids, dev, plan.train_steps, plan.train_warmup, plan.isolate, log)
+        checkpoint()
     if "registration" in sections:
         cases["registration"] = _registration(plan, grids, log)
+        checkpoint()
     if "end_to_end" in sections:
         cases["end_to_end"] = end_to_end(studies)
     doc["load_average_end"] = load_average()
+    doc["complete"] = True
     doc["seconds"] = time.perf_counter() - t0
     load = [x for x in (doc["load_average_start"] or [])[:1] + (doc["load_average_end"] or [])[:1]]
     cores = doc["machine"].get("usable_cores") or 1
