@@ -66,6 +66,7 @@ from napari_invert.report.tables import (
 )
 from napari_invert.study.layout import tap_slug
 from napari_invert.study.results import Experiment, StudyResults
+from napari_invert.threat_models import FEATURE_INVERSION
 
 #: Similarity metrics computed as full reconstruction x candidate matrices.
 SIMILARITY_METRICS: tuple[str, ...] = ("correlation", "ssim", "ssim_global")
@@ -607,6 +608,10 @@ def evaluate_study(
     for t in tables:
         files += t.write(out_dir / "tables")
     verdicts = _verdicts(evaluations, ev_cfg.identification_metric)
+    controls = _controls(folder.root, config, torch_device, log)
+    if controls is not None:
+        files.append(out_dir / "controls" / "controls.json")
+        verdicts = controls["verdicts"] + verdicts  # lead with the controls
 
     summary = EvaluationSummary(
         study_dir=folder.root,
@@ -640,6 +645,19 @@ def evaluate_study(
     write_json_atomic(out_dir / "summary.json", summary.to_dict())
     log(f"done in {summary.seconds:.1f}s -> {out_dir}")
     return summary
+
+
+def _controls(study_root: Path, config: Any, device: Any, log: _Log) -> dict[str, Any] | None:
+    """Members vs non-members, untrained victim and re-identification baselines
+    (:mod:`napari_invert.report.controls`), when the study has any of them."""
+    from napari_invert.report.controls import evaluate_controls
+
+    splits = StudyResults(study_root).splits
+    has_holdout = any(f.get("holdout") for f in splits["folds"])
+    if not (has_holdout or config.controls.untrained_victim or config.controls.reid_baselines):
+        return None
+    log("controls: members vs non-members, untrained victim, re-identification baselines")
+    return evaluate_controls(study_root, device=device, log=log)
 
 
 def _private_fold(results: StudyResults, subject_id: str) -> int | None:
@@ -992,7 +1010,8 @@ def _verdicts(evaluations: list[ExperimentEvaluation], preferred: str) -> list[s
         gain = np.array([gain_of(metric, a, b) for a, b in zip(true, prior)])
         arch = {"unet": "U-Net", "segnet": "SegNet"}.get(ev.experiment.arch, ev.experiment.arch)
         text = (
-            f"{arch} {ev.experiment.tap} ({ev.experiment.variant}): {d['top1']}/{d['n_queries']} private "
+            f"[{FEATURE_INVERSION}] {arch} {ev.experiment.tap} ({ev.experiment.variant}): "
+            f"{d['top1']}/{d['n_queries']} private "
             f"subjects re-identified at top-1 by {metric_label(metric)} "
             f"(chance 1/{d['candidates_per_row']}, p = {d['p_value_top1']:.2g}); mean rank "
             f"{d['mean_rank']:.2f}; {metric_label(metric)} {np.nanmean(true):.2f} vs prior "
