@@ -175,6 +175,45 @@ class EvaluationConfig(_Strict):
     deformation: DeformationConfig = Field(default_factory=DeformationConfig)
 
 
+MembershipAttack = Literal[
+    "loss_threshold", "dice_threshold", "confidence_threshold", "lira_offline", "lira_global"
+]
+
+
+class MembershipConfig(_Strict):
+    """Membership inference (threat model "training-data leakage"): was a scan with its
+    labels one of the victim's training subjects?
+
+    ``attacks``: ``*_threshold`` score each candidate by the victim's loss / foreground Dice
+    / true-class confidence; ``lira_offline`` and ``lira_global`` compare that score with
+    ``n_shadows`` shadow segmenters the attacker trains on random halves of its own
+    subjects (likelihood-ratio attack, Carlini et al. 2022) using ``lira_signal``.
+    ``fpr``: the false-positive rate at which TPR is reported (the report says when the
+    number of non-members cannot support it). ``bootstrap`` / ``permutations``: resamples
+    for the AUC interval and p-value. ``untrained_control``: also attack the victim's
+    architecture at initialisation (expected AUC 0.5).
+    """
+
+    enabled: bool = True
+    n_shadows: int = Field(default=4, ge=0, description="shadow segmenters for the likelihood-ratio attack")
+    attacks: list[MembershipAttack] = Field(
+        default_factory=lambda: ["loss_threshold", "dice_threshold", "lira_offline", "lira_global"],
+        min_length=1,
+    )
+    lira_signal: Literal["loss", "dice", "confidence"] = "loss"
+    fpr: float = Field(default=0.05, gt=0, lt=1, description="FPR at which TPR is reported")
+    bootstrap: int = Field(default=2000, ge=100, description="bootstrap resamples for the AUC interval")
+    permutations: int = Field(default=2000, ge=100, description="relabellings for the AUC p-value")
+    seed: int = 0
+    untrained_control: bool = True
+
+    @model_validator(mode="after")
+    def _shadows_for_lira(self) -> MembershipConfig:
+        if any(a.startswith("lira") for a in self.attacks) and self.n_shadows < 2:
+            raise ValueError("n_shadows must be >= 2 for the likelihood-ratio attacks (lira_*)")
+        return self
+
+
 class ControlsConfig(_Strict):
     """Controls every study computes (each switchable off), so each result can be read against them.
 
@@ -208,6 +247,10 @@ class StudyConfig(_Strict):
         ),
     )
     controls: ControlsConfig = Field(default_factory=ControlsConfig)
+    membership: MembershipConfig = Field(
+        default_factory=MembershipConfig,
+        description="membership inference (training-data leakage); needs held-out non-members (holdout > 0)",
+    )
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     segmenter_training: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)

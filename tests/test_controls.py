@@ -38,6 +38,7 @@ CONTROLS = {
         "decoder_base_filters": 4,
         "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "augment": False},
     },
+    "membership": {"n_shadows": 2, "bootstrap": 200, "permutations": 200},
     "device": "cpu",
 }
 
@@ -163,8 +164,25 @@ def test_controls_report_members_nonmembers_untrained_and_baselines(study: Study
     assert any("[feature inversion]" in v for v in doc["verdicts"])
 
 
+def test_membership_inference_runs_per_fold_and_pools(study: StudyFolder) -> None:
+    from napari_invert.report.evaluate import _membership, membership_verdicts
+    from napari_invert.study.results import StudyResults
+
+    for fold in study.read_splits()["folds"]:
+        doc = read_json(study.membership_json("skull_stripped", fold["fold"], "unet"))
+        assert doc["threat_model"] == "training-data leakage"
+        truth = {row["subject_id"]: row["member"] for row in doc["subjects"]}
+        assert truth == {**{s: True for s in fold["private"]}, **{s: False for s in fold["holdout"]}}
+        assert set(doc["attacks"]) == {"loss_threshold", "dice_threshold", "lira_offline", "lira_global"}
+    pooled = _membership(StudyResults(study.root), lambda _msg: None)
+    assert set(pooled) == {"skull_stripped/unet"}  # no membership run on the untrained control dir
+    assert pooled["skull_stripped/unet"]["n_members"] == pooled["skull_stripped/unet"]["n_nonmembers"] == 9
+    (verdict,) = membership_verdicts(pooled)
+    assert verdict.startswith("[training-data leakage] skull_stripped/unet: membership inference AUC")
+
+
 def test_a_decoder_trained_elsewhere_is_refused(tmp_path, cohort_dir) -> None:
-    config = _config(cohort_dir, controls={"untrained_victim": False})
+    config = _config(cohort_dir, controls={"untrained_victim": False}, membership={"enabled": False})
     folder = StudyRunner(config, tmp_path / "s", progress=False, folds=[0]).run()
     # a decoder trained on other subjects (fold 0's attack set) put where fold 1's belongs
     src = folder.decoder_stem("skull_stripped", 0, "unet", "skip0")

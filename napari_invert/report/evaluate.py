@@ -66,7 +66,7 @@ from napari_invert.report.tables import (
 )
 from napari_invert.study.layout import tap_slug
 from napari_invert.study.results import Experiment, StudyResults
-from napari_invert.threat_models import FEATURE_INVERSION
+from napari_invert.threat_models import FEATURE_INVERSION, TRAINING_DATA_LEAKAGE
 
 #: Similarity metrics computed as full reconstruction x candidate matrices.
 SIMILARITY_METRICS: tuple[str, ...] = ("correlation", "ssim", "ssim_global")
@@ -612,6 +612,8 @@ def evaluate_study(
     if controls is not None:
         files.append(out_dir / "controls" / "controls.json")
         verdicts = controls["verdicts"] + verdicts  # lead with the controls
+    membership = _membership(results, log)
+    verdicts += membership_verdicts(membership)
 
     summary = EvaluationSummary(
         study_dir=folder.root,
@@ -658,6 +660,50 @@ def _controls(study_root: Path, config: Any, device: Any, log: _Log) -> dict[str
         return None
     log("controls: members vs non-members, untrained victim, re-identification baselines")
     return evaluate_controls(study_root, device=device, log=log)
+
+
+def _membership(results: StudyResults, log: _Log) -> dict[str, dict[str, Any]]:
+    """Pool the runner's per-fold membership-inference results: ``{"<variant>/<arch>": pooled}``."""
+    from napari_invert.membership import write_pooled_membership
+
+    pooled: dict[str, dict[str, Any]] = {}
+    for variant in results.variants:
+        for arch in sorted({a for f in (results.root / variant).glob("fold*") for a in _arch_dirs(f)}):
+            doc = write_pooled_membership(results.folder, variant, arch)
+            if doc is not None:
+                pooled[f"{variant}/{arch}"] = doc
+                log(f"membership inference pooled: {variant}/{arch}")
+    return pooled
+
+
+def _arch_dirs(fold_dir: Path) -> list[str]:
+    return [p.name for p in fold_dir.iterdir() if p.is_dir()]
+
+
+def membership_verdicts(pooled: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence per pooled result: the strongest attack's AUC beside its untrained control."""
+    out = []
+    for key, doc in pooled.items():
+        if not doc.get("attacks"):
+            continue
+        name, best = max(doc["attacks"].items(), key=lambda kv: kv[1]["auc"])
+        control = doc.get("controls", {}).get("untrained_victim", {}).get("attacks", {}).get(name)
+        lo, hi = best["auc_ci"]
+        text = (
+            f"[{TRAINING_DATA_LEAKAGE}] {key}: membership inference AUC {best['auc']:.2f} "
+            f"[{lo:.2f}, {hi:.2f}] "
+            f"({name}, p = {best['auc_p_value']:.2g}; {doc['n_members']} members vs {doc['n_nonmembers']} "
+            "held-out non-members; chance 0.5)"
+        )
+        if control:
+            text += f"; untrained victim {control['auc']:.2f}"
+        text += (
+            ". The weights reveal who trained them."
+            if lo > 0.5
+            else ". No clear evidence the weights reveal who trained them."
+        )
+        out.append(text)
+    return out
 
 
 def _private_fold(results: StudyResults, subject_id: str) -> int | None:

@@ -274,6 +274,8 @@ class StudyRunner:
             model = self._train_segmenter(variant, fold, arch, private, prepared, device)
             for tap in self.config.attack.taps.get(arch, []):
                 self._attack(variant, fold, arch, tap, model, targets, attack, prepared, device)
+            if self.config.membership.enabled and holdout:
+                self._membership(variant, fold, arch, model, private, holdout, attack, device)
             if self.config.controls.untrained_victim:
                 control = self._untrained_segmenter(variant, fold, arch, prepared, device)
                 control_key = arch_key(arch, UNTRAINED)
@@ -289,9 +291,7 @@ class StudyRunner:
             model, _ = load_segmenter(stem, device)
             return model
         model = self._initial_segmenter(arch, fold, prepared)
-        train_cfg = self.config.segmenter_training.model_copy(
-            update={"seed": self.config.segmenter_training.seed + 1000 * fold.fold}
-        )
+        train_cfg = self._victim_train_config(fold)
         t0 = time.perf_counter()
         history = train_segmenter(
             model,
@@ -320,6 +320,45 @@ class StudyRunner:
         final_loss = float(history[-1]["loss"]) if history else float("nan")
         self._mark(key, seconds=round(seconds, 1), final_loss=final_loss)
         return model
+
+    def _victim_train_config(self, fold: Fold):  # -> TrainConfig
+        """The victim's training settings for ``fold`` (its seed differs per fold)."""
+        base = self.config.segmenter_training
+        return base.model_copy(update={"seed": base.seed + 1000 * fold.fold})
+
+    def _membership(self, variant: str, fold: Fold, arch: str, model, members, nonmembers, attack, device):
+        """Membership inference against the trained victim (threat model: training-data leakage):
+        members = the fold's private subjects, non-members = its held-out subjects; the attacker's
+        shadow segmenters train on halves of its own subjects with the victim's settings."""
+        from napari_invert.membership import run_membership_inference
+
+        key = f"membership:{variant}:fold{fold.fold}:{arch}"
+        if self._done(key):
+            return
+        if any(s.labels is None for s in (*members, *nonmembers, *attack)):
+            log.warning(
+                "membership inference skipped for %s fold %d: subjects without labels", arch, fold.fold
+            )
+            self._mark(key, skipped="subjects without labels")
+            return
+        t0 = time.perf_counter()
+        doc = run_membership_inference(
+            self.folder,
+            self.config.membership,
+            variant=variant,
+            fold=fold.fold,
+            arch=arch,
+            victim=model,
+            members=members,
+            nonmembers=nonmembers,
+            attacker_subjects=attack,
+            train_config=self._victim_train_config(fold),
+            device=device,
+            progress=self.progress,
+            should_stop=self.should_stop,
+        )
+        aucs = {name: round(float(a["auc"]), 3) for name, a in doc.get("attacks", {}).items()}
+        self._mark(key, seconds=round(time.perf_counter() - t0, 1), auc=aucs)
 
     def _initial_segmenter(self, arch: str, fold: Fold, prepared):  # -> Segmenter
         """The victim at initialisation, seeded per fold (the trained victim's starting point)."""
