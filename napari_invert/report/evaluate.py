@@ -613,7 +613,10 @@ def evaluate_study(
         files.append(out_dir / "controls" / "controls.json")
         verdicts = controls["verdicts"] + verdicts  # lead with the controls
     membership = _membership(results, log)
-    verdicts += membership_verdicts(membership)
+    verdicts += membership_verdicts(membership) or [
+        f"[{TRAINING_DATA_LEAKAGE}] not measured: membership inference needs held-out non-members "
+        "(set holdout > 0 and membership.enabled in the config)."
+    ]
 
     summary = EvaluationSummary(
         study_dir=folder.root,
