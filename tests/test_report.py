@@ -171,11 +171,13 @@ def test_table1_and_table3_match_metrics_csv(study: tuple[Path, object]) -> None
     md1 = (root / "evaluation" / "tables" / "table1.md").read_text(encoding="utf-8")
     skips = next(line for line in t1 if line["tap"] == "bottleneck+skips")
     assert f"{float(skips['ssim_global_mean']):.2f} ± {float(skips['ssim_global_sd']):.2f}" in md1
-    assert "0.73 ± 0.12" in md1 and "0.61 ± 0.12" in md1 and "0.60 ± 0.14" in md1
+    # the paper's numbers stand beside the comparable row only: the bottleneck (its latent space);
+    # this study attacks SegNet through its pooling indices only, beyond the paper's attack
+    assert "0.73 ± 0.12" in md1 and "0.60 ± 0.14" in md1 and "0.61 ± 0.12" not in md1
     md3 = (root / "evaluation" / "tables" / "table3.md").read_text(encoding="utf-8")
     hard = by_tap["bottleneck"]
     assert f"{hard['correlation_top1']}/{N_SUBJECTS}" in md3
-    assert f"30/{paper.PAPER_N}" in md3 and f"26/{paper.PAPER_N}" in md3
+    assert f"30/{paper.PAPER_N}" in md3 and f"26/{paper.PAPER_N}" not in md3
 
 
 def test_table2_originals_vs_others(study: tuple[Path, object]) -> None:
