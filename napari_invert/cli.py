@@ -39,12 +39,25 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def study_jobs(args: argparse.Namespace, config) -> int:
+    """Fold processes of ``napari-invert study``: ``--jobs`` when typed, else the config's ``jobs``.
+
+    ``--variants`` / ``--architectures`` select parts of a fold, so without an explicit
+    ``--jobs`` they run in one process (with ``--jobs N > 1`` they are refused).
+    """
+    if args.jobs is not None:
+        return int(args.jobs)
+    if args.variants or args.architectures:
+        return 1
+    return int(config.jobs)
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from napari_invert.config import load_config
     from napari_invert.study.runner import StudyRunner
 
     config = load_config(args.config)
-    jobs = args.jobs if args.jobs is not None else config.jobs
+    jobs = study_jobs(args, config)
     if jobs > 1:
         from napari_invert.study.runner import run_study_parallel
 
@@ -164,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--jobs",
         type=int,
-        default=1,
-        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores)",
+        default=None,
+        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores); "
+        "default: 'jobs' of the config",
     )
     study.add_argument("--evaluate", action="store_true", help="evaluate and write the report afterwards")
     add_common(study)
