@@ -51,14 +51,14 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 def test_every_output_file_exists(study: tuple[Path, object]) -> None:
     root, _ = study
     ev = root / "evaluation"
-    for name in ("metrics.csv", "identification.csv", "summary.json", "report.html"):
+    for name in ("metrics.csv", "tables/identification.csv", "summary.json", "report.html"):
         assert (ev / name).is_file(), name
     for table in ("table1", "table2", "table3"):
         for ext in ("csv", "md"):
             assert (ev / "tables" / f"{table}.{ext}").is_file()
     for key in ("unet_bottleneck_skips", "unet_bottleneck", "segnet_bottleneck_indices"):
         for metric in SIM_METRICS:
-            stem = ev / f"similarity_skull_stripped_{key}_{metric}"
+            stem = ev / "similarity" / f"skull_stripped_{key}_{metric}"
             matrix = np.load(stem.with_suffix(".npy"))
             meta = json.loads(stem.with_suffix(".json").read_text())
             assert matrix.shape == (N_SUBJECTS, N_SUBJECTS)
@@ -68,7 +68,7 @@ def test_every_output_file_exists(study: tuple[Path, object]) -> None:
     for fig in ("reconstructions_skull_stripped.png", "training_skull_stripped.png"):
         assert (ev / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for metric in SIM_METRICS:
-        assert np.load(ev / f"prior_skull_stripped_{metric}.npy").shape == (2, N_SUBJECTS)
+        assert np.load(ev / "similarity" / f"prior_skull_stripped_{metric}.npy").shape == (2, N_SUBJECTS)
     assert _temp_leftovers(ev) == []
 
 
@@ -109,7 +109,7 @@ def test_metrics_csv_rows(study: tuple[Path, object]) -> None:
         assert float(r["gain"]) == pytest.approx(float(r["value"]) - float(r["prior_value"]))
         assert 1 <= int(r["rank"]) <= N_SUBJECTS
     # the true pair of the similarity matrix is the value in metrics.csv
-    sim = np.load(root / "evaluation" / "similarity_skull_stripped_unet_bottleneck_skips_ssim_global.npy")
+    sim = np.load(root / "evaluation" / "similarity" / "skull_stripped_unet_bottleneck_skips_ssim_global.npy")
     got = {
         r["subject_id"]: float(r["value"])
         for r in rows
@@ -120,7 +120,7 @@ def test_metrics_csv_rows(study: tuple[Path, object]) -> None:
 
 def test_correlation_is_pearson_in_candidate_mask(study: tuple[Path, object]) -> None:
     root, _ = study
-    sim = np.load(root / "evaluation" / "similarity_skull_stripped_segnet_bottleneck_indices_correlation.npy")
+    sim = np.load(root / "evaluation" / "similarity" / "skull_stripped_segnet_bottleneck_indices_correlation.npy")
     splits = json.loads((root / "splits.json").read_text())
     fold = next(f["fold"] for f in splits["folds"] if "S03" in f["private"])
     recon = np.asarray(
@@ -181,7 +181,7 @@ def test_table1_and_table3_match_metrics_csv(study: tuple[Path, object]) -> None
 def test_table2_originals_vs_others(study: tuple[Path, object]) -> None:
     root, _ = study
     t2 = _read_csv(root / "evaluation" / "tables" / "table2.csv")
-    sim = np.load(root / "evaluation" / "similarity_skull_stripped_unet_bottleneck_skips_ssim.npy")
+    sim = np.load(root / "evaluation" / "similarity" / "skull_stripped_unet_bottleneck_skips_ssim.npy")
     line = next(r for r in t2 if r["tap"] == "bottleneck+skips" and r["metric"] == "ssim")
     others = sim[~np.eye(N_SUBJECTS, dtype=bool)]
     assert float(line["originals_mean"]) == pytest.approx(np.diag(sim).mean())
@@ -205,7 +205,7 @@ def test_prior_gain_positive_for_leaking_reconstructions(study: tuple[Path, obje
 def test_dice_skipped_with_reason_without_checkpoint(study: tuple[Path, object]) -> None:
     root, summary = study
     assert "dice" in summary.skipped and "no segmenter checkpoint" in summary.skipped["dice"]
-    assert not (root / "evaluation" / "dice.csv").exists()
+    assert not (root / "evaluation" / "tables" / "dice_per_subject.csv").exists()
 
     def no_nan(token: str) -> None:
         raise AssertionError(f"summary.json is not strict JSON ({token})")
@@ -268,7 +268,7 @@ def test_dice_with_segmenter_checkpoints(tmp_path: Path) -> None:
         root, metrics=["correlation", "dice"], device="cpu", progress=False, figures=False
     )
     assert "dice" not in summary.skipped
-    rows = _read_csv(root / "evaluation" / "dice.csv")
+    rows = _read_csv(root / "evaluation" / "tables" / "dice_per_subject.csv")
     kinds = {(r["input"], r["role"], r["reference"]) for r in rows}
     assert {
         ("original", "private", "manual"),
@@ -366,7 +366,7 @@ def test_deformation_sample_and_cache(tmp_path: Path) -> None:
     assert len(deformation_rows) == 3 and all(1 <= r.rank <= 2 for r in deformation_rows)
     for r in deformation_rows:  # lower is better: gain = prior - value
         assert r.gain == pytest.approx(r.prior_value - r.value)
-    saved = np.load(root / "evaluation" / "similarity_skull_stripped_unet_bottleneck_skips_deformation.npy")
+    saved = np.load(root / "evaluation" / "similarity" / "skull_stripped_unet_bottleneck_skips_deformation.npy")
     np.testing.assert_array_equal(np.isnan(saved), np.isnan(m))
     t3 = _read_csv(root / "evaluation" / "tables" / "table3.csv")[0]
     assert int(t3["deformation_top1"]) == sum(r.rank == 1 for r in deformation_rows)

@@ -17,13 +17,16 @@ from __future__ import annotations
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_invert.report.matrices import VariantData
 from napari_invert.report.summary import ExperimentEvaluation, Log
 from napari_invert.study.results import StudyResults
+
+if TYPE_CHECKING:
+    from napari_invert.report.html import ReportContext, Section
 
 
 def preset_text(preset: str) -> str:
@@ -148,3 +151,27 @@ def run_deformation(
         f"{e.label}: deformation ({mode}), {len(values)} registrations "
         f"({time.perf_counter() - t0:.1f}s, cached pairs reused)"
     )
+
+
+def deformation_section(ctx: ReportContext) -> Section | None:
+    """Report section: how the registrations were run (mode, chance level, preset) and the
+    Figure 7 style magnitude maps."""
+    from napari_invert.report.html import Section, esc, figure_html
+
+    d = ctx.summary.deformation_settings or {}
+    figs = ctx.figures_of("deformation")
+    if d.get("mode") in (None, "off") and not figs:
+        return None
+    items = [
+        f"Mode <b>{esc(d.get('mode'))}</b>: true original ranked among {esc(d.get('candidates_per_row'))} "
+        f"candidates per reconstruction ({esc(d.get('chance_text'))}).",
+        f"ANTs {esc(d.get('preset_text'))}.",
+    ]
+    if d.get("mode") == "sample":
+        items.append(
+            "Sample-mode ranks are not comparable with the paper's deformation counts (24/40 U-Net, 22/40 "
+            "SegNet, ranked among all 40 subjects); rerun with <code>--deformation full</code> to compare."
+        )
+    body = "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+    body += "\n".join(figure_html(f) for f in figs)
+    return Section("deformation", "Deformation (Figure 7 style)", body)

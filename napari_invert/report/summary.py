@@ -12,12 +12,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_invert.report.tables import (
-    DiceRow,
     MetricRow,
     experiment_key,
     gain_of,
@@ -26,6 +25,9 @@ from napari_invert.report.tables import (
 )
 from napari_invert.study.layout import EVALUATION_LAYOUT_VERSION, EvaluationFolder
 from napari_invert.study.results import Experiment
+
+if TYPE_CHECKING:
+    from napari_invert.report.dice import DiceRow
 
 
 @dataclass
