@@ -193,7 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=["correlation", "ssim", "ssim_global", "deformation", "dice"],
     )
-    ev.add_argument("--deformation", default=None, choices=["full", "sample", "off"])
+    ev.add_argument(
+        "--deformation",
+        default=None,
+        choices=["full", "sample", "off"],
+        help="full: register every reconstruction x candidate pair (ranks among all N, the paper's "
+        "protocol); sample: the true original + evaluation.deformation.sample_size = k others "
+        "(ranks among 1 + k, chance 1/(k+1): not comparable with the paper's 24/40); "
+        "default: the config. The ANTs preset is evaluation.deformation.preset: 'fast' does NO SyN "
+        "iteration at the finest (full-resolution) level (40x20x0), 'paper' does 100x70x50x20",
+    )
     add_common(ev)
     ev.set_defaults(func=_cmd_evaluate)
 

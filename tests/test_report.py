@@ -120,7 +120,9 @@ def test_metrics_csv_rows(study: tuple[Path, object]) -> None:
 
 def test_correlation_is_pearson_in_candidate_mask(study: tuple[Path, object]) -> None:
     root, _ = study
-    sim = np.load(root / "evaluation" / "similarity" / "skull_stripped_segnet_bottleneck_indices_correlation.npy")
+    sim = np.load(
+        root / "evaluation" / "similarity" / "skull_stripped_segnet_bottleneck_indices_correlation.npy"
+    )
     splits = json.loads((root / "splits.json").read_text())
     fold = next(f["fold"] for f in splits["folds"] if "S03" in f["private"])
     recon = np.asarray(
@@ -366,7 +368,9 @@ def test_deformation_sample_and_cache(tmp_path: Path) -> None:
     assert len(deformation_rows) == 3 and all(1 <= r.rank <= 2 for r in deformation_rows)
     for r in deformation_rows:  # lower is better: gain = prior - value
         assert r.gain == pytest.approx(r.prior_value - r.value)
-    saved = np.load(root / "evaluation" / "similarity" / "skull_stripped_unet_bottleneck_skips_deformation.npy")
+    saved = np.load(
+        root / "evaluation" / "similarity" / "skull_stripped_unet_bottleneck_skips_deformation.npy"
+    )
     np.testing.assert_array_equal(np.isnan(saved), np.isnan(m))
     t3 = _read_csv(root / "evaluation" / "tables" / "table3.csv")[0]
     assert int(t3["deformation_top1"]) == sum(r.rank == 1 for r in deformation_rows)
@@ -376,6 +380,14 @@ def test_deformation_sample_and_cache(tmp_path: Path) -> None:
     assert (
         root / "evaluation" / "figures" / "deformation_skull_stripped_unet_bottleneck_skips.png"
     ).is_file()
+    # issue 13 item 9: the chance level of the sampled ranking everywhere, no paper column beside it
+    md3 = (root / "evaluation" / "tables" / "table3.md").read_text(encoding="utf-8")
+    assert "Paper deformation" not in md3 and "Deformation top-1 (of 2 sampled, chance 1/2)" in md3
+    html_text = (root / "evaluation" / "report.html").read_text(encoding="utf-8")
+    assert "chance 1/2 (true + 1 sampled)" in html_text and "no SyN iteration at the finest" in html_text
+    assert '<section id="deformation">' in html_text
+    doc = json.loads((root / "evaluation" / "summary.json").read_text())
+    assert doc["deformation"]["candidates_per_row"] == 2 and doc["deformation"]["preset"] == "fast"
 
     cache = root / "evaluation" / "deformation" / "cache"
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
@@ -409,3 +421,206 @@ def test_ranking_rules_with_sampled_and_undefined_pairs() -> None:
     cols = _sample_columns("S07", 3, 10, 4)
     assert cols == _sample_columns("S07", 3, 10, 4) and 3 in cols and len(cols) == 5
     assert _sample_columns("S07", 3, 4, 10) == [0, 1, 2, 3]
+
+
+# -- issue 13 item 12: evaluation/ grouped, paths from StudyFolder, old layout still readable ---------
+def test_evaluation_folder_is_grouped(study: tuple[Path, object]) -> None:
+    from napari_invert.study.layout import StudyFolder
+
+    root, summary = study
+    ev = root / "evaluation"
+    loose = sorted(p.name for p in ev.iterdir() if p.is_file())
+    assert loose == ["metrics.csv", "report.html", "summary.json"]
+    assert {p.name for p in ev.iterdir() if p.is_dir()} >= {"similarity", "tables", "figures"}
+    layout = StudyFolder(root).evaluation
+    for e in summary.experiments:
+        x = e.experiment
+        for metric in SIM_METRICS:
+            path = layout.similarity(x.variant, x.arch, x.tap, metric)
+            assert path.parent == ev / "similarity" and path.is_file() and path.with_suffix(".json").is_file()
+    doc = json.loads(layout.summary_json.read_text())
+    assert doc["layout"] == 2
+    written = {Path(f) for f in doc["files"]}
+    assert all(len(p.parts) > 1 or p.name in loose for p in written)  # nothing else loose
+
+
+def test_flat_layout_is_still_readable_and_replaced_on_rerun(tmp_path: Path) -> None:
+    """A study evaluated before the grouped layout: readers find its loose matrices; a new
+    evaluation writes the grouped layout and removes the loose files it replaces."""
+    import shutil
+
+    from napari_invert.study.layout import StudyFolder
+    from napari_invert.study.results import (
+        Experiment,
+        load_similarity,
+        read_metrics,
+        similarity_path,
+        stored_similarity_metrics,
+    )
+    from napari_invert.widgets import _study_data
+
+    root = make_synthetic_study(
+        tmp_path / "s",
+        n_subjects=4,
+        shape=(16, 16, 16),
+        with_curves=False,
+        experiments={("unet", "bottleneck+skips"): (0.5, 0.02), ("unet", "bottleneck"): (0.5, 0.02)},
+    )
+    evaluate_study(root, metrics=["correlation"], progress=False, figures=False)
+    folder = StudyFolder(root)
+    ev = folder.evaluation
+    skips = Experiment("skull_stripped", "unet", "bottleneck+skips")
+    grouped = similarity_path(folder, skips, "correlation")
+    assert grouped == ev.similarity_dir / "skull_stripped_unet_bottleneck_skips_correlation.npy"
+    expected = np.load(grouped)
+    # turn it into the flat layout of older versions
+    for p in sorted(ev.similarity_dir.iterdir()):
+        shutil.move(p, ev.root / (p.name if p.name.startswith("prior_") else "similarity_" + p.name))
+    ev.similarity_dir.rmdir()
+    shutil.move(ev.identification_csv, ev.root / "identification.csv")
+    assert (
+        similarity_path(folder, skips, "correlation")
+        == ev.root / "similarity_skull_stripped_unet_bottleneck_skips_correlation.npy"
+    )
+    sim = load_similarity(similarity_path(folder, skips, "correlation"), ["x"], "correlation")
+    np.testing.assert_array_equal(sim.matrix, expected)
+    assert sim.rows == sim.columns == ("S01", "S02", "S03", "S04")
+    # the bottleneck matrix is not mistaken for the bottleneck+skips one (prefix of its name)
+    assert stored_similarity_metrics(folder, Experiment("skull_stripped", "unet", "bottleneck")) == [
+        "correlation"
+    ]
+    assert read_metrics(folder).lookup("S01", skips)["correlation"].rank is not None
+    # the widgets use these very functions
+    assert _study_data.similarity_path is similarity_path and _study_data.read_metrics is read_metrics
+    evaluate_study(root, metrics=["correlation"], progress=False, figures=False)
+    assert ev.legacy_files() == []
+    assert similarity_path(folder, skips, "correlation") == grouped
+
+
+# -- issue 13 item 13: table of contents, section builders ----------------------------------------------
+def test_report_has_table_of_contents_linking_every_section(study: tuple[Path, object]) -> None:
+    root, _ = study
+    text = (root / "evaluation" / "report.html").read_text(encoding="utf-8")
+    toc = re.search(r'<nav class="toc">(.*?)</nav>', text, re.S)
+    assert toc is not None
+    links = re.findall(r'href="#([^"]+)"', toc.group(1))
+    ids = re.findall(r'<section id="([^"]+)">', text)
+    assert links == ids and len(ids) >= 8
+    for needed in ("verdict", "tables", "identification", "similarity", "ranks", "splits", "config"):
+        assert needed in ids
+    assert text.index('<nav class="toc">') < text.index('<section id="verdict">')
+
+
+def test_a_section_is_a_builder(study: tuple[Path, object]) -> None:
+    """A new section = a function returning a Section, added to the builders' list."""
+    from napari_invert.report.html import SECTION_BUILDERS, Section, build_report
+    from napari_invert.study.results import StudyResults
+
+    root, summary = study
+
+    def extra_section(ctx):  # what a new report/<concern>.py provides
+        return Section("extra", "An extra section", f"<p>{len(ctx.summary.experiments)} experiments</p>")
+
+    text = build_report(StudyResults(root), summary, [], [], [*SECTION_BUILDERS, extra_section])
+    assert '<a href="#extra">An extra section</a>' in text
+    assert '<section id="extra"><h2>An extra section</h2>' in text and "<p>3 experiments</p>" in text
+
+
+# -- issue 13 item 13: trivial Dice baseline, the warning, the readable Dice figure --------------------
+def test_majority_label_baseline_known_answers() -> None:
+    from napari_invert.metrics import majority_baseline_dice, majority_label_map
+
+    a = np.array([[0, 1, 2], [1, 1, 2]])
+    b = np.array([[0, 1, 1], [1, 2, 2]])
+    c = np.array([[2, 1, 1], [0, 2, 2]])
+    atlas = majority_label_map([a, b, c], 3, chunk=4)  # chunks smaller than the volume
+    np.testing.assert_array_equal(atlas, [[0, 1, 1], [1, 2, 2]])
+    # vs a: class 1 Dice 2*2/(3+3), class 2 Dice 2*1/(2+2)
+    np.testing.assert_allclose(majority_baseline_dice([a, b, c], [a, b], 3), [(2 / 3 + 0.5) / 2, 1.0])
+    np.testing.assert_array_equal(majority_label_map([a, c], 3), [[0, 1, 1], [0, 1, 2]])  # ties: lower class
+    with pytest.raises(ValueError):
+        majority_label_map([a, np.zeros((3, 3), int)], 3)
+
+
+def test_barely_segments_warning_threshold() -> None:
+    from napari_invert.report.dice import BARELY_SEGMENTS_MARGIN, DiceBaseline, barely_segments_warnings
+
+    good = DiceBaseline("skull_stripped", "unet", 0.70, 0.35, 0.05, 10)
+    bad = DiceBaseline("skull_stripped", "segnet", 0.35 + BARELY_SEGMENTS_MARGIN / 2, 0.35, 0.05, 10)
+    warnings = barely_segments_warnings([good, bad])
+    assert len(warnings) == 1 and "SegNet" in warnings[0] and "0.35" in warnings[0]
+
+
+def test_untrained_victims_raise_the_banner_and_dice_figure_fits_the_page(tmp_path: Path) -> None:
+    pytest.importorskip("napari_invert.models")
+    root = make_synthetic_study(
+        tmp_path / "s",
+        n_subjects=6,
+        shape=(16, 16, 16),
+        with_segmenters=True,  # untrained (seeded) victims: they do not segment
+        with_curves=False,
+        experiments={
+            ("unet", "bottleneck+skips"): (0.5, 0.02),
+            ("unet", "bottleneck"): (0.5, 0.02),
+            ("segnet", "bottleneck+indices"): (0.5, 0.02),
+            ("segnet", "bottleneck"): (0.5, 0.02),
+        },
+        variants=("skull_stripped", "full_head"),
+    )
+    summary = evaluate_study(root, metrics=["correlation", "dice"], device="cpu", progress=False)
+    assert len(summary.dice_baseline) == 4  # 2 variants x 2 architectures
+    for b in summary.dice_baseline:
+        assert 0.2 < b.baseline_unseen <= 1.0  # the tertile labels are partly predictable by position
+        assert b.barely_segments
+    text = (root / "evaluation" / "report.html").read_text(encoding="utf-8")
+    assert text.count('<div class="warning">') == 4 and "barely segment" in text
+    assert text.index('<div class="warning">') < text.index('<nav class="toc">')
+    dice_md = (root / "evaluation" / "tables" / "dice.md").read_text(encoding="utf-8")
+    assert "trivial predictor" in dice_md
+    doc = json.loads((root / "evaluation" / "summary.json").read_text())
+    assert doc["dice_baseline"][0]["barely_segments"] is True and doc["warnings"]
+    # the Dice figure is a grid, not a strip: readable at page width (the report is 1300 px wide)
+    from PIL import Image
+
+    with Image.open(root / "evaluation" / "figures" / "dice.png") as im:
+        width, height = im.size
+    assert width <= 1300 and height >= 600  # 4 panels in 2 rows of 2
+
+
+# -- issue 13 item 9: sampled deformation is labelled with its chance, not printed beside the paper ----
+def test_table3_sampled_metric_has_chance_and_no_paper_column() -> None:
+    from napari_invert.report.tables import MetricRow, table3
+    from napari_invert.study.results import Experiment
+
+    rows = [
+        MetricRow(f"S{i}", 0, "skull_stripped", "unet", "bottleneck+skips", m, 0.5, 0.4, 0.1, r)
+        for i, (m, r) in enumerate([("ssim_global", 1), ("deformation", 1), ("deformation", 2)])
+    ]
+    exp = Experiment("skull_stripped", "unet", "bottleneck+skips")
+    full = table3(rows, {exp: 40})
+    assert "Paper deformation" in full.columns and "24/40" in full.to_markdown()
+    sampled = table3(rows, {exp: 40}, {"deformation": "true + 3 sampled, chance 1/4"}, {"deformation": 4})
+    md = sampled.to_markdown()
+    assert "Paper deformation" not in sampled.columns and "24/40" not in md
+    assert "paper_deformation_top1" not in sampled.csv_columns
+    assert "Deformation top-1 (of 4 sampled, chance 1/4)" in sampled.columns
+    assert "30/40" in md  # the paper's SSIM column stays: those ranks are among all candidates
+    assert any("among 4 candidates" in n for n in sampled.notes)
+    assert sampled.csv_rows[0][sampled.csv_columns.index("deformation_candidates_per_row")] == 4
+
+
+def test_fast_preset_is_described_where_it_is_chosen() -> None:
+    from napari_invert.cli import build_parser
+    from napari_invert.config import DeformationConfig
+    from napari_invert.report.deformation import chance_text, deformation_settings, preset_text
+
+    assert "no SyN iteration at the finest" in preset_text("fast")
+    assert "finest" not in preset_text("paper")
+    assert "NO SyN iteration at the finest" in DeformationConfig.model_fields["preset"].description
+    ev = build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    help_text = next(a.help for a in ev._actions if "--deformation" in a.option_strings)
+    assert "NO SyN iteration at the finest" in help_text and "chance 1/(k+1)" in help_text
+    cfg = DeformationConfig(mode="sample", sample_size=3)
+    d = deformation_settings(cfg, "sample", 40)
+    assert d["candidates_per_row"] == 4 and d["chance_top1"] == 0.25 and not d["comparable_with_paper"]
+    assert chance_text(4, "sample") == "chance 1/4 (true + 3 sampled)"
