@@ -92,8 +92,7 @@ def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
     summary = evaluate_study(
         study, metrics=metrics, deformation=deformation, device=device, progress=progress
     )
-    report = getattr(summary, "report_path", Path(study) / "evaluation" / "report.html")
-    print(f"report: {report}")
+    print(f"report: {summary.report_path}")
     return 0
 
 
