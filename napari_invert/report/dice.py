@@ -287,19 +287,21 @@ def compute_baselines(
 
 
 def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
-    """One banner sentence per victim whose unseen-subject Dice is close to the baseline."""
-    out = []
-    for b in baselines:
-        if not b.barely_segments:
-            continue
-        out.append(
-            f"The {_ARCH.get(b.arch, b.arch)} victims ({b.variant}) barely segment: mean Dice on unseen "
-            f"subjects {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f} for a trivial predictor that "
-            "ignores the image (the majority label of the victim's training labels at each voxel). "
-            "Reconstruction Dice and comparisons with the paper mean little for such a victim; train it "
-            "longer (segmenter_training.steps) before drawing conclusions about Dice."
-        )
-    return out
+    """One banner (or none) naming every victim whose unseen-subject Dice is close to the
+    trivial predictor's (within :data:`BARELY_SEGMENTS_MARGIN`)."""
+    weak = [b for b in baselines if b.barely_segments]
+    if not weak:
+        return []
+    which = "; ".join(
+        f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
+        for b in weak
+    )
+    return [
+        f"The victims barely segment: mean Dice on unseen subjects vs a trivial predictor that ignores "
+        f"the image (the majority label of the victim's training labels at each voxel): {which}. "
+        "Reconstruction Dice and comparisons with the paper's Dice mean little for such victims; train "
+        "them longer (segmenter_training.steps) before drawing conclusions from Dice."
+    ]
 
 
 def dice_table(rows: Sequence[DiceRow], baselines: Sequence[DiceBaseline] = ()) -> Table:
@@ -445,12 +447,12 @@ def dice_figure(
     names = list(panels) or ["no Dice"]
     ncols = min(DICE_FIGURE_COLUMNS, len(names))
     nrows = -(-len(names) // ncols)
-    width, row_h = 5.6 * ncols, 3.9
+    width, row_h = 5.6 * ncols, 3.6
     fig = _figure(width, row_h * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     height = row_h * nrows + 0.6
     fig.subplots_adjust(
-        left=0.7 / width, right=0.99, bottom=1.1 / height, top=1 - 0.75 / height, wspace=0.18, hspace=0.75
+        left=0.7 / width, right=0.99, bottom=1.1 / height, top=1 - 0.75 / height, wspace=0.18, hspace=0.62
     )
     for k, ax in enumerate(axes.ravel()):
         if k >= len(names) or names[k] not in panels:
@@ -483,7 +485,11 @@ def dice_figure(
 def dice_panels(rows: Sequence[DiceRow]) -> dict[str, dict[str, list[float]]]:
     """Per victim (``U-Net skull_stripped``): box label -> per-subject Dice vs manual labels."""
     panels: dict[str, dict[str, list[float]]] = {}
-    ordered = sorted(rows, key=dice_order)
+    taps = sorted({r.tap for r in rows if r.tap}, key=lambda t: _position(t, _TAP_ORDER))
+    order = ["trained-on originals", "unseen originals", *[f"recon {t}" for t in taps], "prior"]
+    ordered = sorted(
+        rows, key=lambda r: (experiment_order(Experiment(r.variant, r.arch, "")), r.fold, r.subject_id)
+    )
     for r in ordered:
         if r.reference != "manual":
             continue
@@ -495,7 +501,7 @@ def dice_panels(rows: Sequence[DiceRow]) -> dict[str, dict[str, list[float]]]:
         else:
             box = "prior"
         panels.setdefault(panel, {}).setdefault(box, []).append(r.dice)
-    return panels
+    return {k: {b: v[b] for b in order if b in v} for k, v in panels.items()}
 
 
 def make_dice_figure(results: StudyResults, summary: Any) -> Any:
