@@ -452,6 +452,7 @@ def test_flat_layout_is_still_readable_and_replaced_on_rerun(tmp_path: Path) -> 
     from napari_invert.study.layout import StudyFolder
     from napari_invert.study.results import (
         Experiment,
+        count_similarity_matrices,
         load_similarity,
         read_metrics,
         similarity_path,
@@ -490,11 +491,13 @@ def test_flat_layout_is_still_readable_and_replaced_on_rerun(tmp_path: Path) -> 
         "correlation"
     ]
     assert read_metrics(folder).lookup("S01", skips)["correlation"].rank is not None
+    assert count_similarity_matrices(folder) == 2
     # the widgets use these very functions
     assert _study_data.similarity_path is similarity_path and _study_data.read_metrics is read_metrics
     evaluate_study(root, metrics=["correlation"], progress=False, figures=False)
     assert ev.legacy_files() == []
     assert similarity_path(folder, skips, "correlation") == grouped
+    assert count_similarity_matrices(folder) == 2
 
 
 # -- issue 13 item 13: table of contents, section builders ----------------------------------------------

@@ -284,6 +284,13 @@ def stored_similarity_metrics(folder: StudyFolder, experiment: Experiment) -> li
     return [m for m in METRIC_ORDER if similarity_path(folder, experiment, m) is not None]
 
 
+def count_similarity_matrices(folder: StudyFolder) -> int:
+    """How many reconstruction x candidate matrices ``evaluate`` stored (either layout)."""
+    ev = folder.evaluation
+    grouped = [p for p in ev.similarity_dir.glob("*.npy") if not p.name.startswith("prior_")]
+    return len(grouped) if grouped else len(list(ev.root.glob("similarity_*.npy")))
+
+
 @dataclass(frozen=True)
 class SimilarityMatrix:
     """A similarity matrix with its row (reconstruction) and column (candidate) subject ids."""
