@@ -741,6 +741,18 @@ def test_native_space_scores_true_pairs_on_the_native_grid(tmp_path: Path) -> No
     mine = model_to_native(np.asarray(model.dataobj), model.affine, up.affine, up.shape)
     inside = natives[sid][1]
     np.testing.assert_allclose(mine[inside], np.asarray(up.dataobj)[inside], atol=1e-4)
+    # the windowed SSIM (computed on the mask's box) is the whole volume's, and so are the others
+    from napari_invert import metrics as M
+
+    native_image = natives[sid][0]
+    got = {r.metric: r.native_value for r in native.rows if (r.subject_id, r.arch) == (sid, "unet")}
+    L = summary.data_range["skull_stripped"]
+    upsampled = np.asarray(up.dataobj)
+    assert got["ssim"] == pytest.approx(M.ssim_windowed(upsampled, native_image, L, mask=inside), abs=1e-5)
+    assert got["ssim_global"] == pytest.approx(M.ssim_global(upsampled, native_image, inside, L), abs=1e-9)
+    assert got["correlation"] == pytest.approx(
+        np.corrcoef(upsampled[inside], native_image[inside])[0, 1], abs=1e-6
+    )
     # files, table beside the model grid, report section
     layout = folder.evaluation
     rows = _read_csv(layout.native_scores_csv)
