@@ -92,6 +92,8 @@ def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
     summary = evaluate_study(
         study, metrics=metrics, deformation=deformation, device=device, progress=progress
     )
+    for line in summary.verdicts:
+        print(f"- {line}")
     print(f"report: {summary.report_path}")
     return 0
 

@@ -92,6 +92,7 @@ from napari_invert.report.tables import (
 )
 from napari_invert.report.verdicts import verdicts as _verdicts
 from napari_invert.study.results import StudyResults
+from napari_invert.threat_models import TRAINING_DATA_LEAKAGE
 
 __all__ = [
     "ALL_METRICS",
@@ -121,6 +122,63 @@ def _resolve_device(device: Any, configured: str):  # -> torch.device
     from napari_invert.device import resolve_device
 
     return resolve_device(configured if device is None else device)
+
+
+def _controls(study_root: Path, config: Any, device: Any, log: Log) -> dict[str, Any] | None:
+    """Members vs non-members, untrained victim and re-identification baselines
+    (:mod:`napari_invert.report.controls`), when the study has any of them."""
+    from napari_invert.report.controls import evaluate_controls
+
+    splits = StudyResults(study_root).splits
+    has_holdout = any(f.get("holdout") for f in splits["folds"])
+    if not (has_holdout or config.controls.untrained_victim or config.controls.reid_baselines):
+        return None
+    log("controls: members vs non-members, untrained victim, re-identification baselines")
+    return evaluate_controls(study_root, device=device, log=log)
+
+
+def _membership(results: StudyResults, log: Log) -> dict[str, dict[str, Any]]:
+    """Pool the runner's per-fold membership-inference results: ``{"<variant>/<arch>": pooled}``."""
+    from napari_invert.membership import write_pooled_membership
+
+    pooled: dict[str, dict[str, Any]] = {}
+    for variant in results.variants:
+        for arch in sorted({a for f in (results.root / variant).glob("fold*") for a in _arch_dirs(f)}):
+            doc = write_pooled_membership(results.folder, variant, arch)
+            if doc is not None:
+                pooled[f"{variant}/{arch}"] = doc
+                log(f"membership inference pooled: {variant}/{arch}")
+    return pooled
+
+
+def _arch_dirs(fold_dir: Path) -> list[str]:
+    return [p.name for p in fold_dir.iterdir() if p.is_dir()]
+
+
+def membership_verdicts(pooled: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence per pooled result: the strongest attack's AUC beside its untrained control."""
+    out = []
+    for key, doc in pooled.items():
+        if not doc.get("attacks"):
+            continue
+        name, best = max(doc["attacks"].items(), key=lambda kv: kv[1]["auc"])
+        control = doc.get("controls", {}).get("untrained_victim", {}).get("attacks", {}).get(name)
+        lo, hi = best["auc_ci"]
+        text = (
+            f"[{TRAINING_DATA_LEAKAGE}] {key}: membership inference AUC {best['auc']:.2f} "
+            f"[{lo:.2f}, {hi:.2f}] "
+            f"({name}, p = {best['auc_p_value']:.2g}; {doc['n_members']} members vs {doc['n_nonmembers']} "
+            "held-out non-members; chance 0.5)"
+        )
+        if control:
+            text += f"; untrained victim {control['auc']:.2f}"
+        text += (
+            ". The weights reveal who trained them."
+            if lo > 0.5
+            else ". No clear evidence the weights reveal who trained them."
+        )
+        out.append(text)
+    return out
 
 
 def _private_fold(results: StudyResults, subject_id: str) -> int | None:
@@ -350,6 +408,16 @@ def evaluate_study(
     for t in tables:
         files.append(write_text_atomic(layout.table(t.name, "csv"), t.to_csv()))
         files.append(write_text_atomic(layout.table(t.name, "md"), t.to_markdown()))
+    verdicts = _verdicts(evaluations, ev_cfg.identification_metric)
+    controls = _controls(folder.root, config, torch_device, log)
+    if controls is not None:
+        files.append(layout.controls_json)
+        verdicts = controls["verdicts"] + verdicts  # lead with the controls
+    membership = _membership(results, log)
+    verdicts += membership_verdicts(membership) or [
+        f"[{TRAINING_DATA_LEAKAGE}] not measured: membership inference needs held-out non-members "
+        "(set holdout > 0 and membership.enabled in the config)."
+    ]
     n_candidates = max((len(v.candidate_ids) for v in variants.values()), default=0)
     summary = EvaluationSummary(
         study_dir=folder.root,
@@ -361,7 +429,7 @@ def evaluate_study(
         dice_rows=dice_rows,
         skipped=skipped,
         notes=notes,
-        verdicts=_verdicts(evaluations, ev_cfg.identification_metric),
+        verdicts=verdicts,
         files=files,
         seconds=0.0,
         data_range={v: d.data_range for v, d in variants.items()},
@@ -370,11 +438,18 @@ def evaluate_study(
         deformation_settings=deformation_settings(ev_cfg.deformation, mode, n_candidates),
         native=native,
         dice_baseline=baselines,
+        membership=membership,
     )
     from napari_invert.report.figures import make_figures
     from napari_invert.report.html import write_report
 
     drawn = make_figures(results, summary, variants_data=variants, log=log) if figures else []
+    if figures and membership:
+        from napari_invert.report.figures import FigureFile
+        from napari_invert.report.membership import membership_roc_figure
+
+        roc = membership_roc_figure(layout.figure("membership_roc"), membership)
+        drawn.append(FigureFile(roc, "Membership inference ROC", "training-data leakage", "membership"))
     files += [f.path for f in drawn]
     files += [layout.report_html, layout.summary_json]
     summary.seconds = time.perf_counter() - t_start

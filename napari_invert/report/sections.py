@@ -237,3 +237,19 @@ def files_section(ctx: ReportContext) -> Section | None:
             f"{rel(layout.deformation_dir)}/: |u| maps (mm) of the true pairs; cache/ = registrations done"
         )
     return Section("files", "Files", "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+
+
+def membership_section(ctx: ReportContext) -> Section | None:
+    """Membership inference (training-data leakage), from :mod:`napari_invert.report.membership`."""
+    import re
+
+    from napari_invert.report.html import image_data_uri
+    from napari_invert.report.membership import membership_section_html
+
+    pooled = getattr(ctx.summary, "membership", None) or {}
+    if not pooled:
+        return None
+    figs = ctx.figures_of("membership")
+    body = membership_section_html(pooled, image_data_uri(figs[0].path) if figs else None)
+    body = re.sub(r"^\s*<h2>.*?</h2>\s*", "", body, count=1, flags=re.S)  # the Section has the heading
+    return Section("membership", "Membership inference (training-data leakage)", body)

@@ -80,7 +80,9 @@ class EvaluationSummary:
     sampled ranking). ``native``: scores on each subject's native grid
     (:class:`~napari_invert.report.native.NativeEvaluation`) when
     ``evaluation.space: native``. ``dice_baseline``: the trivial predictor's Dice per
-    victim (:class:`~napari_invert.report.dice.DiceBaseline`).
+    victim (:class:`~napari_invert.report.dice.DiceBaseline`). ``membership``: pooled
+    membership-inference results per ``"<variant>/<arch>"`` (written to
+    ``evaluation/membership/``).
     """
 
     study_dir: Path
@@ -101,6 +103,7 @@ class EvaluationSummary:
     deformation_settings: dict[str, Any] = field(default_factory=dict)
     native: Any = None
     dice_baseline: list[Any] = field(default_factory=list)
+    membership: dict[str, Any] = field(default_factory=dict)
 
     @property
     def layout(self) -> EvaluationFolder:

@@ -12,6 +12,7 @@ import numpy as np
 
 from napari_invert.report.summary import ExperimentEvaluation
 from napari_invert.report.tables import gain_of, metric_label
+from napari_invert.threat_models import FEATURE_INVERSION
 
 
 def verdicts(evaluations: list[ExperimentEvaluation], preferred: str) -> list[str]:
@@ -27,8 +28,8 @@ def verdicts(evaluations: list[ExperimentEvaluation], preferred: str) -> list[st
         gain = np.array([gain_of(metric, a, b) for a, b in zip(true, prior)])
         arch = {"unet": "U-Net", "segnet": "SegNet"}.get(ev.experiment.arch, ev.experiment.arch)
         text = (
-            "Feature inversion — "
-            f"{arch} {ev.experiment.tap} ({ev.experiment.variant}): {d['top1']}/{d['n_queries']} private "
+            f"[{FEATURE_INVERSION}] {arch} {ev.experiment.tap} ({ev.experiment.variant}): "
+            f"{d['top1']}/{d['n_queries']} private "
             f"subjects re-identified at top-1 by {metric_label(metric)} "
             f"(chance 1/{d['candidates_per_row']}, p = {d['p_value_top1']:.2g}); mean rank "
             f"{d['mean_rank']:.2f}; {metric_label(metric)} {np.nanmean(true):.2f} vs prior "

@@ -16,6 +16,8 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/<tap>/decoder.{safetensors,json}, decoder_curve.csv
       <variant>/fold<k>/<arch>/<tap>/recon/<ID>.nii.gz          model grid
       <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
+      <variant>/fold<k>/<arch>/membership/membership.json, membership_subjects.csv
+      <variant>/fold<k>/<arch>/membership/shadows/shadow<k>.{safetensors,json}, shadow<k>_curve.csv
       evaluation/                            written by ``napari-invert evaluate`` (:class:`EvaluationFolder`)
 
 ``<tap>`` is the tap name with ``+`` replaced by ``_`` (``bottleneck_skips``).
@@ -117,6 +119,27 @@ class StudyFolder:
     def recon_native(self, variant: str, fold: int, arch: str, tap: str, subject_id: str) -> Path:
         return self.tap_dir(variant, fold, arch, tap) / "recon_native" / f"{subject_id}.nii.gz"
 
+    # -- membership inference (threat model "training-data leakage") -------------------
+    def membership_dir(self, variant: str, fold: int, arch: str) -> Path:
+        return self.arch_dir(variant, fold, arch) / "membership"
+
+    def membership_json(self, variant: str, fold: int, arch: str) -> Path:
+        return self.membership_dir(variant, fold, arch) / "membership.json"
+
+    def membership_csv(self, variant: str, fold: int, arch: str) -> Path:
+        return self.membership_dir(variant, fold, arch) / "membership_subjects.csv"
+
+    def shadow_stem(self, variant: str, fold: int, arch: str, k: int) -> Path:
+        """Shadow segmenter ``k`` (trained by the attacker on half of its own subjects)."""
+        return self.membership_dir(variant, fold, arch) / "shadows" / f"shadow{k}"
+
+    def shadow_curve(self, variant: str, fold: int, arch: str, k: int) -> Path:
+        return self.membership_dir(variant, fold, arch) / "shadows" / f"shadow{k}_curve.csv"
+
+    def membership_pooled_json(self, variant: str, arch: str) -> Path:
+        """Membership results of all folds of one architecture, pooled."""
+        return self.evaluation_dir / "membership" / f"{variant}_{arch}.json"
+
     # -- json documents ----------------------------------------------------------------
     def read_splits(self) -> dict[str, Any]:
         return read_json(self.splits_path)
@@ -164,6 +187,7 @@ class EvaluationFolder:
           similarity/   <variant>_<arch>_<tap>_<metric>.{npy,json}   reconstruction x candidate
                         prior_<variant>_<metric>.{npy,json}         fold prior x candidate
           native/       scores.csv: true pairs scored on each subject's native grid
+          controls/     controls.json, ...; membership/  <variant>_<arch>.json (their own modules)
           deformation/  <variant>_<arch>_<tap>/<ID>.nii.gz (|u| mm of true pairs), cache/
           cache/        deformation/...: maps the napari plugin computed on demand
     """
@@ -238,6 +262,12 @@ class EvaluationFolder:
         out += [*self.root.glob("prior_*.npy"), *self.root.glob("prior_*.json")]
         out += [p for p in (self.root / "identification.csv", self.root / "dice.csv") if p.is_file()]
         return sorted(out)
+
+    # -- controls and membership (written by their own modules) ---------------------------
+    @property
+    def controls_json(self) -> Path:
+        """``controls/controls.json`` (:mod:`napari_invert.report.controls`)."""
+        return self.root / "controls" / "controls.json"
 
     # -- native grid -------------------------------------------------------------------
     @property
