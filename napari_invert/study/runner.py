@@ -287,6 +287,9 @@ class StudyRunner:
             progress=self.progress,
             on_step=self._step_callback(key),
             should_stop=self.should_stop,
+            description=f"{variant} fold {fold.fold} {arch} victim",
+            convergence_path=self.folder.segmenter_convergence(variant, fold.fold, arch),
+            record_info=_record_info(variant, fold.fold, arch, None, private),
         )
         seconds = time.perf_counter() - t0
         save_segmenter(
@@ -296,6 +299,7 @@ class StudyRunner:
                 "variant": variant,
                 "fold": fold.fold,
                 "trained_on": list(fold.private),
+                **_fit_split(train_cfg, private),
                 "label_table": prepared.label_table.to_dict(),
                 "seconds": round(seconds, 1),
             },
@@ -343,6 +347,9 @@ class StudyRunner:
                 progress=self.progress,
                 on_step=self._step_callback(key),
                 should_stop=self.should_stop,
+                description=f"{variant} fold {fold.fold} {arch} {tap} decoder",
+                convergence_path=self.folder.decoder_convergence(variant, fold.fold, arch, tap),
+                record_info=_record_info(variant, fold.fold, arch, tap, attack),
             )
             save_decoder(
                 stem,
@@ -353,6 +360,7 @@ class StudyRunner:
                     "arch": arch,
                     "tap": tap,
                     "trained_on": list(fold.attack),
+                    **_fit_split(train_cfg, attack),
                 },
             )
         targets = list(private) + (list(attack) if cfg.reconstruct_attack_subjects else [])
@@ -372,6 +380,21 @@ class StudyRunner:
                     native_affine,
                 )
         self._mark(key, seconds=round(time.perf_counter() - t0, 1), reconstructed=len(targets))
+
+
+def _record_info(variant: str, fold: int, arch: str, tap: str | None, subjects: list) -> dict[str, Any]:
+    """Where a convergence record belongs, and the ids behind its subject indices."""
+    return {"variant": variant, "fold": fold, "arch": arch, "tap": tap,
+            "subject_ids": [s.subject_id for s in subjects]}
+
+
+def _fit_split(train_cfg, subjects: list) -> dict[str, list[str]]:
+    """``fitted_on`` (gradient steps) and ``validated_on`` (held out to judge convergence) ids."""
+    from napari_invert.models.validation import split_validation
+
+    split = split_validation(len(subjects), train_cfg)
+    return {"fitted_on": [subjects[i].subject_id for i in split.train],
+            "validated_on": [subjects[i].subject_id for i in split.validation]}
 
 
 @contextlib.contextmanager
