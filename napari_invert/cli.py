@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_bench)
 
     study_info = sub.add_parser(
-        "study-info", help="convergence of a study's victims and decoders; warns when a victim does not segment"
+        "study-info",
+        help="convergence of a study's victims and decoders; warns when a victim does not segment",
     )
     study_info.add_argument("study", help="study folder")
     study_info.set_defaults(func=_cmd_study_info)

@@ -139,7 +139,9 @@ class TrainConfig(_Strict):
     segmentation_loss: Literal["dice_ce", "dice_focal"] = Field(
         default="dice_ce", description="victims only: Dice + cross-entropy or Dice + focal"
     )
-    dice_include_background: bool = Field(default=True, description="victims only: background in the Dice term")
+    dice_include_background: bool = Field(
+        default=True, description="victims only: background in the Dice term"
+    )
     dice_squared_pred: bool = Field(default=False, description="victims only: squared predictions in Dice")
     min_validation_dice: float = Field(
         default=0.3, ge=0, le=1, description="victims only: below this validation Dice it 'does not segment'"

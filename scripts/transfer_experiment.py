@@ -41,6 +41,13 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--seg", action="append", default=[])
     ap.add_argument("--record", default=None, help="folder for convergence records")
+    ap.add_argument("--voxel", type=float, default=None, help="override preprocess.voxel_mm")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="extra training settings compared in one process: 'name:key=value,key=value' (repeatable)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     cohort_dir = Path(args.cohort)
@@ -61,6 +68,18 @@ def main() -> None:
             "segmenter": type(config.segmenter).model_validate(sg),
         }
     )
+    if args.voxel:
+        config = config.model_copy(
+            update={"preprocess": config.preprocess.model_copy(update={"voxel_mm": args.voxel})}
+        )
+    variants = [("as_given", {})]
+    for text in args.variant:
+        name, _, body = text.partition(":")
+        variants.append(
+            (name, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in body.split(",") if kv)})
+        )
+    if args.variant:
+        variants = variants[1:]
     cohort = Cohort.from_path(cohort_dir, kind="folder")
     prepared = prepare_cohort(
         cohort,
@@ -68,7 +87,7 @@ def main() -> None:
         multiple_of=config.multiple_of,
         variant="skull_stripped",
         label_mode=config.cohort.label_mode,
-        cache_dir=cohort_dir.parent / (cohort_dir.name + "_cache"),
+        cache_dir=cohort_dir.parent / f"{cohort_dir.name}_cache_{config.preprocess.voxel_mm}",
         progress=False,
     )
     by_id = {s.subject_id: s for s in prepared.subjects}
@@ -76,47 +95,52 @@ def main() -> None:
     private = [by_id[s] for s in fold.private]
     unseen = [by_id[s] for s in fold.attack]
     n_classes = prepared.label_table.n_classes
-    for arch in args.arch:
-        torch.manual_seed(0)
-        model = build_segmenter(arch, config.segmenter, n_classes=n_classes)
-        cfg = config.segmenter_training.model_copy(update={"seed": config.segmenter_training.seed + 1000 * fold.fold})
-        rec = Path(args.record or "/tmp/plateau/records") / f"{arch}_{int(time.time())}.json"
-        t0 = time.perf_counter()
-        train_segmenter(
-            model,
-            [s.image for s in private],
-            [s.labels for s in private],
-            cfg,
-            "cpu",
-            progress=False,
-            convergence_path=rec,
-            description=f"fold {fold.fold} {arch} victim",
-        )
-        seconds = time.perf_counter() - t0
-        record = json.loads(rec.read_text())
-        preds = [predict(model, s.image, "cpu") for s in unseen]
-        unseen_dice = mean_foreground_dice(preds, [s.labels for s in unseen], n_classes)
-        print(
-            json.dumps(
-                {
-                    "arch": arch,
-                    "set": args.set,
-                    "seg": args.seg,
-                    "n_classes": n_classes,
-                    "grid": list(prepared.shape),
-                    "best_val_dice": round(record["best_score"] or float("nan"), 4),
-                    "baseline": round(record["baseline_score"], 4),
-                    "unseen_dice": round(unseen_dice, 4),
-                    "steps": record["steps_run"],
-                    "best_step": record["best_step"],
-                    "stop": record["stop_reason"],
-                    "segments": record.get("segments"),
-                    "seconds": round(seconds, 1),
-                    "curve": [(c["step"], round(c["score"], 3)) for c in record["curve"]],
-                }
-            ),
-            flush=True,
-        )
+    for vname, extra in variants:
+        for arch in args.arch:
+            torch.manual_seed(0)
+            model = build_segmenter(arch, config.segmenter, n_classes=n_classes)
+            cfg = config.segmenter_training.model_copy(
+                update={"seed": config.segmenter_training.seed + 1000 * fold.fold, **extra}
+            )
+            cfg = type(cfg).model_validate(cfg.model_dump())
+            rec = Path(args.record or "/tmp/plateau/records") / f"{vname}_{arch}_{int(time.time())}.json"
+            t0 = time.perf_counter()
+            train_segmenter(
+                model,
+                [s.image for s in private],
+                [s.labels for s in private],
+                cfg,
+                "cpu",
+                progress=False,
+                convergence_path=rec,
+                description=f"fold {fold.fold} {arch} victim",
+            )
+            seconds = time.perf_counter() - t0
+            record = json.loads(rec.read_text())
+            preds = [predict(model, s.image, "cpu") for s in unseen]
+            unseen_dice = mean_foreground_dice(preds, [s.labels for s in unseen], n_classes)
+            print(
+                json.dumps(
+                    {
+                        "variant": vname,
+                        "arch": arch,
+                        "set": args.set + [f"{k}={v}" for k, v in extra.items()],
+                        "n_classes": n_classes,
+                        "grid": list(prepared.shape),
+                        "best_val_dice": round(record["best_score"] or float("nan"), 4),
+                        "baseline": round(record["baseline_score"], 4),
+                        "unseen_dice": round(unseen_dice, 4),
+                        "steps": record["steps_run"],
+                        "best_step": record["best_step"],
+                        "stop": record["stop_reason"],
+                        "segments": record.get("segments"),
+                        "seconds": round(seconds, 1),
+                        "s_per_step": round(seconds / max(1, record["steps_run"]), 3),
+                        "curve": [(c["step"], round(c["score"], 3)) for c in record["curve"]],
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def test_flip_augmentation_trains_and_is_deterministic() -> None:
         rows = train_segmenter(model, images, labels, cfg, CPU, progress=False)
         runs.append(([r["loss"] for r in rows], model.state_dict()))
     assert runs[0][0] == runs[1][0]
-    no_flip = train_segmenter(tiny(), images, labels, cfg.model_copy(update={"flip_axes": []}), CPU, progress=False)
+    no_flip = train_segmenter(
+        tiny(), images, labels, cfg.model_copy(update={"flip_axes": []}), CPU, progress=False
+    )
     assert [r["loss"] for r in no_flip] != runs[0][0]
 
 
@@ -187,7 +189,9 @@ def test_plateau_stops_early_and_keeps_the_best_weights(tmp_path: Path) -> None:
 
 def test_learning_victim_segments_and_runs_to_max_steps(tmp_path: Path) -> None:
     images, labels = cohort(6)
-    cfg = TrainConfig(steps=40, batch_size=2, lr=1e-2, validate_every=10, patience=30, min_validation_dice=0.3)
+    cfg = TrainConfig(
+        steps=40, batch_size=2, lr=1e-2, validate_every=10, patience=30, min_validation_dice=0.3
+    )
     rec_path = tmp_path / "conv.json"
     train_segmenter(tiny(), images, labels, cfg, CPU, progress=False, convergence_path=rec_path)
     rec = json.loads(rec_path.read_text())
@@ -199,8 +203,15 @@ def test_learning_victim_segments_and_runs_to_max_steps(tmp_path: Path) -> None:
 def test_resume_with_validation_matches_uninterrupted_run(tmp_path: Path) -> None:
     images, labels = cohort(5)
     cfg = TrainConfig(
-        steps=12, batch_size=2, lr=5e-3, validate_every=2, patience=6, checkpoint_every=3,
-        lr_schedule="plateau", warmup_steps=2, seed=2,
+        steps=12,
+        batch_size=2,
+        lr=5e-3,
+        validate_every=2,
+        patience=6,
+        checkpoint_every=3,
+        lr_schedule="plateau",
+        warmup_steps=2,
+        seed=2,
     )
     ref_model = tiny()
     ref_rows = train_segmenter(
@@ -216,8 +227,17 @@ def test_resume_with_validation_matches_uninterrupted_run(tmp_path: Path) -> Non
         return polls["n"] == 6  # cancelled before step 6: checkpoint at step 5
 
     with pytest.raises(Cancelled):
-        train_segmenter(tiny(), images, labels, cfg, CPU, stem, progress=False, should_stop=stop,
-                        convergence_path=rec_path)
+        train_segmenter(
+            tiny(),
+            images,
+            labels,
+            cfg,
+            CPU,
+            stem,
+            progress=False,
+            should_stop=stop,
+            convergence_path=rec_path,
+        )
     assert json.loads(rec_path.read_text())["stop_reason"] == "cancelled"
     model = tiny()
     rows = train_segmenter(model, images, labels, cfg, CPU, stem, progress=False, convergence_path=rec_path)
@@ -255,7 +275,13 @@ def test_decoder_validation_on_attack_subjects(tmp_path: Path) -> None:
     cfg = TrainConfig(steps=60, batch_size=2, lr=3e-3, augment=False, validate_every=20, patience=100)
     rec_path = tmp_path / "dec.json"
     rows = train_inversion_decoder(
-        tapper, decoder, images, cfg, CPU, progress=False, convergence_path=rec_path,
+        tapper,
+        decoder,
+        images,
+        cfg,
+        CPU,
+        progress=False,
+        convergence_path=rec_path,
         description="fold 0 unet bottleneck+skips decoder",
     )
     rec = json.loads(rec_path.read_text())
@@ -268,7 +294,9 @@ def test_decoder_validation_on_attack_subjects(tmp_path: Path) -> None:
 def test_progress_bars_are_labelled(capsys: pytest.CaptureFixture[str]) -> None:
     images, labels = cohort(3)
     cfg = TrainConfig(steps=2, batch_size=1, validation_fraction=0)
-    train_segmenter(tiny(), images, labels, cfg, CPU, progress=True, description="skull_stripped fold 3 unet victim")
+    train_segmenter(
+        tiny(), images, labels, cfg, CPU, progress=True, description="skull_stripped fold 3 unet victim"
+    )
     assert "skull_stripped fold 3 unet victim" in capsys.readouterr().err
     train_segmenter(tiny(), images, labels, cfg, CPU, progress=True)
     assert "unet victim" in capsys.readouterr().err
@@ -286,14 +314,35 @@ def _fake_study(root: Path) -> StudyFolder:
     images, labels = cohort(6)
     good = TrainConfig(steps=30, batch_size=2, lr=1e-2, validate_every=10, patience=100)
     bad = good.model_copy(update={"lr": 1e-12, "steps": 10})
-    train_segmenter(tiny("unet"), images, labels, good, CPU, progress=False,
-                    convergence_path=folder.segmenter_convergence("skull_stripped", 0, "unet"))
-    train_segmenter(tiny("segnet"), images, labels, bad, CPU, progress=False,
-                    convergence_path=folder.segmenter_convergence("skull_stripped", 0, "segnet"))
+    train_segmenter(
+        tiny("unet"),
+        images,
+        labels,
+        good,
+        CPU,
+        progress=False,
+        convergence_path=folder.segmenter_convergence("skull_stripped", 0, "unet"),
+    )
+    train_segmenter(
+        tiny("segnet"),
+        images,
+        labels,
+        bad,
+        CPU,
+        progress=False,
+        convergence_path=folder.segmenter_convergence("skull_stripped", 0, "segnet"),
+    )
     tapper = make_tapper(tiny(), "bottleneck")
     decoder = InversionDecoder.for_tapper(tapper, images[0], base_filters=4)
-    train_inversion_decoder(tapper, decoder, images, TrainConfig(steps=4, augment=False), CPU, progress=False,
-                            convergence_path=folder.decoder_convergence("skull_stripped", 0, "unet", "bottleneck"))
+    train_inversion_decoder(
+        tapper,
+        decoder,
+        images,
+        TrainConfig(steps=4, augment=False),
+        CPU,
+        progress=False,
+        convergence_path=folder.decoder_convergence("skull_stripped", 0, "unet", "bottleneck"),
+    )
     return folder
 
 
@@ -301,7 +350,9 @@ def test_summary_check_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     folder = _fake_study(tmp_path / "study")
     rows = summarise_convergence(folder)
     assert [(r["network"], r["arch"], r["tap"]) for r in rows] == [
-        ("victim", "segnet", None), ("victim", "unet", None), ("decoder", "unet", "bottleneck")
+        ("victim", "segnet", None),
+        ("victim", "unet", None),
+        ("decoder", "unet", "bottleneck"),
     ]
     by_arch = {r["arch"]: r for r in rows if r["network"] == "victim"}
     assert by_arch["unet"]["segments"] is True and by_arch["segnet"]["segments"] is False
@@ -322,28 +373,35 @@ def test_summary_check_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_transfer_cohort_trains_both_architectures(lpba40: Path, tmp_path: Path) -> None:
     """LPBA40 merged to 28 new label values, axes permuted + flipped, intensities rescaled,
-    at 8 mm: with the default segmenter settings both victims beat the majority baseline."""
+    subjects displaced (not co-registered), at 8 mm: with quick_cpu's victim training
+    settings (step cap lowered) both victims beat the majority-label baseline."""
     from napari_invert.bench.transfer import build_transfer_cohort
-    from napari_invert.config import PreprocessConfig
+    from napari_invert.config import PreprocessConfig, load_config
     from napari_invert.data.cohort import Cohort
     from napari_invert.data.prepare import prepare_cohort
 
-    root = build_transfer_cohort(tmp_path / "cohort", lpba40, n_subjects=6, downsample=8)
+    root = build_transfer_cohort(tmp_path / "cohort", lpba40, n_subjects=6, downsample=8, shift_mm=16)
     img = nib.load(str(root / "images" / "sub-001.nii.gz"))
     assert nib.aff2axcodes(img.affine) != ("L", "P", "S") and img.get_data_dtype() == np.int16
     labels = np.unique(np.asarray(nib.load(str(root / "labels" / "sub-001.nii.gz")).dataobj))
     assert labels[0] == 0 and set(labels[1:]) <= set(range(100, 200, 3))
     prepared = prepare_cohort(
-        Cohort.from_path(root, kind="folder"), PreprocessConfig(voxel_mm=8.0), multiple_of=4,
-        variant="skull_stripped", label_mode="restrict_to_mask",
+        Cohort.from_path(root, kind="folder"),
+        PreprocessConfig(voxel_mm=8.0),
+        multiple_of=4,
+        variant="skull_stripped",
+        label_mode="restrict_to_mask",
     )
     assert prepared.label_table.n_classes > 20
     images = [s.image for s in prepared.subjects]
     labs = [s.labels for s in prepared.subjects]
-    cfg = TrainConfig(steps=150, validate_every=25)  # the defaults otherwise
+    quick = load_config(Path(__file__).parent.parent / "sample_configs" / "quick_cpu.yaml")
+    cfg = quick.segmenter_training.model_copy(update={"steps": 150, "validate_every": 25})
     for arch in ("unet", "segnet"):
         torch.manual_seed(0)
-        model = build_segmenter(arch, SegmenterConfig(base_filters=8, levels=2), prepared.label_table.n_classes)
+        model = build_segmenter(
+            arch, SegmenterConfig(base_filters=8, levels=2), prepared.label_table.n_classes
+        )
         rec_path = tmp_path / f"{arch}.json"
         train_segmenter(model, images, labs, cfg, CPU, progress=False, convergence_path=rec_path)
         rec = json.loads(rec_path.read_text())

@@ -29,7 +29,6 @@ from napari_invert.attack.taps import Tapper
 from napari_invert.config import TrainConfig
 from napari_invert.device import autocast, configure_backends, resolve_device
 from napari_invert.errors import ConfigError
-from napari_invert.models.validation import Validation, split_validation
 from napari_invert.models.training import (
     OnStep,
     ShouldStop,
@@ -39,6 +38,7 @@ from napari_invert.models.training import (
     stack_images,
     stage_on_device,
 )
+from napari_invert.models.validation import Validation, split_validation
 
 LossName = Literal["mse", "l1", "mse+ssim"]
 

@@ -11,6 +11,10 @@ skull-stripped T1 cohort would:
   that honours the header sees the same brains, but no array is laid out like LPBA40's);
 * **intensities**: scaled to a scanner-like range (0..~2500 with a per-subject gain
   U(0.8, 1.25)) and stored as int16;
+* **position** (optional, ``shift_mm``): each subject's volume is moved by a random whole
+  number of voxels (up to ``shift_mm`` per axis), as in a cohort that is not
+  co-registered; LPBA40 itself is affinely aligned, which makes the majority-label
+  "atlas" baseline unusually strong;
 * **voxel size**: optionally block-averaged (images) / mode-free nearest subsampled
   (labels) by an integer factor to keep tests small.
 
@@ -59,6 +63,7 @@ def build_transfer_cohort(
     n_subjects: int = 20,
     downsample: int = 1,
     seed: int = 0,
+    shift_mm: float = 0.0,
 ) -> Path:
     """Write the transformed cohort of the first ``n_subjects`` LPBA40 subjects.
 
@@ -72,7 +77,10 @@ def build_transfer_cohort(
         Integer factor: images are block-averaged, labels subsampled (every ``f``-th voxel),
         voxel size multiplied by ``f`` in the affine.
     seed
-        Seed of the per-subject intensity gains.
+        Seed of the per-subject intensity gains and shifts.
+    shift_mm
+        Largest random per-axis displacement of a subject's content (whole voxels, the
+        content is rolled; LPBA40's background margin absorbs it). 0: co-registered.
 
     Returns the cohort folder.
     """
@@ -112,6 +120,11 @@ def build_transfer_cohort(
                 lut[old] = new
         new_labels = lut[labels]
         gain = rng.uniform(0.8, 1.25)
+        max_shift = round(shift_mm / max(1, f))  # LPBA40 voxels are 1 mm
+        offset = tuple(int(v) for v in rng.integers(-max_shift, max_shift + 1, 3))
+        if max_shift:
+            image = np.roll(image, offset, axis=(0, 1, 2))
+            new_labels = np.roll(new_labels, offset, axis=(0, 1, 2))
         new_image = np.round(image * 2500.0 * gain).astype(np.int16)
         new_image, new_affine = _reorient(new_image, affine)
         new_labels, _ = _reorient(new_labels, affine)

@@ -19,9 +19,23 @@
   missing, raises :class:`~napari_invert.errors.CheckpointError` naming the file (it is
   never silently overwritten). Weights without their JSON are an unfinished write and are
   ignored.
+* **Training to a validation plateau** (:mod:`napari_invert.models.validation`): a trainer
+  may hold out part of its training list and hand the loop a
+  :class:`~napari_invert.models.validation.Validation`; the loop scores it every
+  ``validate_every`` steps and at the cap ``steps``, keeps the best weights (checkpoint
+  tensors ``best/<name>``, loaded into the module when training ends), applies the
+  learning-rate schedule (``warmup_steps``, ``lr_schedule``) and stops after
+  ``patience`` steps without a ``min_delta`` improvement. The plateau bookkeeping is
+  part of the checkpoint JSON (``"plateau"``, ``"stop_reason"``), so a resumed run
+  continues identically.
+* **Convergence record** (JSON, :func:`convergence_record`): steps run, why training
+  stopped, best step and score, the baseline, the curve; rewritten at every evaluation,
+  on cancel and at the end.
 * **Curve CSV** ``step,loss,seconds`` (seconds = cumulative training wall time) written
   atomically with every checkpoint, on cancel and at the end.
-* **Progress and cancellation**: a tqdm bar over steps shows the loss; ``on_step(step,
+* **Progress and cancellation**: a tqdm bar over steps, labelled with ``description``
+  (the runner passes e.g. ``"skull_stripped fold 0 unet victim"``), shows the loss and
+  the last validation score; ``on_step(step,
   total, loss)`` is called after every step (``step`` counts completed steps, 1-based);
   ``should_stop()`` is polled before every step and, when it returns True, the state is
   checkpointed and :class:`Cancelled` is raised.

@@ -62,7 +62,7 @@ def split_validation(n: int, config: TrainConfig) -> ValidationSplit:
     everything = list(range(n))
     if config.validation_fraction <= 0:
         return ValidationSplit(everything, [], "none", "validation switched off (validation_fraction: 0)")
-    n_val = max(1, int(round(config.validation_fraction * n)))
+    n_val = max(1, round(config.validation_fraction * n))
     if n - n_val < MIN_TRAIN_FOR_HOLDOUT:
         return ValidationSplit(
             everything,
@@ -139,7 +139,11 @@ class PlateauState:
 
     def plateaued(self, step: int, config: TrainConfig) -> bool:
         """True when ``patience`` steps passed without an improvement of ``min_delta``."""
-        return config.patience is not None and self.ref_score is not None and step - self.ref_step >= config.patience
+        return (
+            config.patience is not None
+            and self.ref_score is not None
+            and step - self.ref_step >= config.patience
+        )
 
 
 def lr_factor(step: int, config: TrainConfig, plateau_scale: float = 1.0) -> float:

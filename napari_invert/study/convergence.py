@@ -55,9 +55,16 @@ def summarise_convergence(folder: str | Path | StudyFolder) -> list[dict[str, An
         network = "victim" if path.name.startswith("segmenter") else "decoder"
         try:
             rec = read_json(path)
-        except Exception as exc:  # noqa: BLE001 - a broken record must not hide the others
-            rows.append({"network": network, **where, "status": "unreadable", "segments_reason": str(exc),
-                         "path": str(path)})
+        except Exception as exc:  # a broken record must not hide the others
+            rows.append(
+                {
+                    "network": network,
+                    **where,
+                    "status": "unreadable",
+                    "segments_reason": str(exc),
+                    "path": str(path),
+                }
+            )
             continue
         rows.append(
             {
@@ -131,8 +138,22 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def format_convergence_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text table of :func:`summarise_convergence` rows."""
-    header = ["network", "variant", "fold", "arch", "tap", "status", "stopped", "steps", "best@",
-              "metric", "best", "baseline", "segments", "s"]
+    header = [
+        "network",
+        "variant",
+        "fold",
+        "arch",
+        "tap",
+        "status",
+        "stopped",
+        "steps",
+        "best@",
+        "metric",
+        "best",
+        "baseline",
+        "segments",
+        "s",
+    ]
     table = [header]
     for r in rows:
         seg = r.get("segments")
