@@ -126,7 +126,12 @@ class TrainConfig(_Strict):
     patience: int | None = Field(
         default=150, ge=1, description="stop after this many steps without a min_delta improvement"
     )
-    min_delta: float = Field(default=0.005, ge=0, description="smallest improvement that resets patience")
+    min_delta: float = Field(
+        default=0.005,
+        ge=0,
+        description="smallest improvement that resets patience: absolute for a victim's Dice, "
+        "relative (fraction of the best so far) for a decoder's MSE",
+    )
     lr_schedule: Literal["constant", "cosine", "plateau"] = Field(
         default="constant", description="after warm-up: constant, cosine to `steps`, or halve on plateau"
     )
@@ -147,7 +152,7 @@ class TrainConfig(_Strict):
         default=0.3, ge=0, le=1, description="victims only: below this validation Dice it 'does not segment'"
     )
     min_dice_gain: float = Field(
-        default=0.1, ge=0, le=1, description="victims only: required Dice above the majority-label baseline"
+        default=0.05, ge=0, le=1, description="victims only: required Dice above the majority-label baseline"
     )
 
 

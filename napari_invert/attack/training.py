@@ -221,6 +221,7 @@ def train_inversion_decoder(
             higher_is_better=False,
             baseline=baseline,
             baseline_name="mean image of the training part (the attacker's prior)",
+            relative_delta=True,
         )
     info = {
         "network": "decoder",

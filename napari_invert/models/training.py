@@ -382,7 +382,7 @@ def run_training_loop(
                         "lr": float(optimizer.param_groups[0]["lr"]),
                     }
                 )
-                if state.update(done, score, validation.higher_is_better, config):
+                if state.update(done, score, validation.higher_is_better, config, validation.relative_delta):
                     best = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 if state.plateaued(done, config):
                     stop_reason = "plateau"

@@ -85,7 +85,9 @@ class Validation:
     and no-grad around the call). ``metric``: e.g. ``"dice"``; ``higher_is_better``;
     ``baseline``: the score of the no-learning reference on the same subjects (or None);
     ``info``: free JSON facts for the convergence record (split, subject ids, ...);
-    ``judge(record) -> dict``: optional extra fields for the final record (a verdict).
+    ``judge(record) -> dict``: optional extra fields for the final record (a verdict);
+    ``relative_delta``: ``min_delta`` is a fraction of the current reference score (for
+    unbounded error metrics such as MSE) rather than an absolute difference (Dice).
     """
 
     score: Callable[[], float]
@@ -95,6 +97,7 @@ class Validation:
     baseline_name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     judge: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    relative_delta: bool = False
 
 
 @dataclass
@@ -121,13 +124,18 @@ class PlateauState:
     def from_dict(cls, data: dict[str, Any] | None) -> PlateauState:
         return cls(**(data or {}))
 
-    def update(self, step: int, score: float, higher_is_better: bool, config: TrainConfig) -> bool:
-        """Record an evaluation at ``step``; return True when it is a new best."""
+    def update(
+        self, step: int, score: float, higher_is_better: bool, config: TrainConfig, relative: bool = False
+    ) -> bool:
+        """Record an evaluation at ``step``; return True when it is a new best. An
+        improvement resets patience when it is at least ``min_delta`` (times the reference
+        score when ``relative``)."""
         sign = 1.0 if higher_is_better else -1.0
         new_best = self.best_score is None or sign * (score - self.best_score) > 0
         if new_best:
             self.best_score, self.best_step = float(score), step
-        if self.ref_score is None or sign * (score - self.ref_score) >= config.min_delta:
+        delta = config.min_delta * (abs(self.ref_score) if relative and self.ref_score is not None else 1.0)
+        if self.ref_score is None or sign * (score - self.ref_score) >= delta:
             self.ref_score, self.ref_step = float(score), step
         elif config.lr_schedule == "plateau" and config.patience is not None:
             # halve the learning rate after half the patience without a real improvement
