@@ -144,6 +144,7 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
         "fold",
         "arch",
         "tap",
+        "validation",
         "status",
         "stopped",
         "steps",
@@ -164,6 +165,7 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
                 str(r["fold"]),
                 r["arch"],
                 r.get("tap") or "-",
+                str(r.get("validation_source") or "-"),
                 str(r.get("status") or "-"),
                 str(r.get("stop_reason") or "-"),
                 f"{_num(r.get('steps_run'))}/{_num(r.get('max_steps'))}",
@@ -179,9 +181,11 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = (
+        "validation: held_out = scored on subjects never trained on; training = too few subjects to "
+        "hold any out, scored on its training subjects (optimistic); none = validation off.\n"
         "metric: dice = victim's mean foreground Dice on held-out private subjects (higher is better; "
         "baseline = majority label per voxel of its training labels); mse = decoder's reconstruction "
-        "error on held-out attack subjects (lower is better; baseline = the attacker's mean image)."
+        "error on held-out attack subjects (lower is better; baseline = the attacker's mean image).\n"
     )
     return "\n".join(lines) + "\n" + notes
 
@@ -190,6 +194,8 @@ def format_victim_check(check: dict[str, Any]) -> str:
     """One line when every victim segments, else the check's warning message."""
     if check["ok"]:
         n = check["n_victims"]
+        if n == 0:
+            return "victims: no convergence records (trained by an older version, or not yet)"
         extra = f" ({len(check['unjudged'])} not judged)" if check["unjudged"] else ""
         return f"victims: all {n} segment (validation Dice clearly above the baseline){extra}"
     return check["message"]
