@@ -152,6 +152,7 @@ def evaluate_controls(
         for sid in f.get("holdout", []):
             fold_of["nonmember"][sid] = int(f["fold"])
     roles = [r for r in ROLES if fold_of[r]]
+    validated = _validation_subjects(results)
 
     rows: list[SubjectRow] = []
     summaries: list[ControlSummary] = []
@@ -181,6 +182,7 @@ def evaluate_controls(
                     if s in fold_of[role]
                     and fold_of[role][s] in prior_row
                     and results.recon_path(exp, s, fold_of[role][s]).is_file()
+                    and (role != "member" or s not in validated(variant, fold_of[role][s], key.arch))
                 ]
                 if not sids:
                     continue
@@ -264,6 +266,23 @@ def evaluate_controls(
     write_text_atomic(out / "per_subject.csv", _rows_csv(rows))
     write_text_atomic(out / "controls.md", controls_markdown(doc))
     return doc
+
+
+def _validation_subjects(results: StudyResults) -> Callable[[str, int, str], frozenset[str]]:
+    """``(variant, fold, arch) -> ids`` the victim held out to judge convergence (``validated_on`` in
+    its segmenter's JSON): it never took a gradient step on them, so they are no members."""
+    from napari_invert._io import read_json
+
+    cache: dict[tuple[str, int, str], frozenset[str]] = {}
+
+    def lookup(variant: str, fold: int, arch: str) -> frozenset[str]:
+        if (variant, fold, arch) not in cache:
+            path = results.folder.segmenter_stem(variant, fold, arch).with_suffix(".json")
+            ids = read_json(path).get("validated_on", []) if path.is_file() else []
+            cache[(variant, fold, arch)] = frozenset(ids)
+        return cache[(variant, fold, arch)]
+
+    return lookup
 
 
 def _pairs(by_role: dict[str, list[SubjectRow]]) -> list[tuple[SubjectRow, SubjectRow]]:
