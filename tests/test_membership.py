@@ -37,6 +37,7 @@ from napari_invert.membership import (
     score_volumes,
     shadow_assignment,
     train_shadows,
+    untrained_like,
 )
 from napari_invert.models import build_segmenter, predict, predict_proba, train_segmenter
 from napari_invert.report.membership import (
@@ -162,6 +163,9 @@ def test_rerun_reuses_results_and_shadows(experiment, tmp_path: Path) -> None:
     other = dict(kwargs, nonmembers=kwargs["nonmembers"][:5])
     with pytest.raises(DataError, match="other subjects or settings"):
         run_membership_inference(folder, config, **other)
+    retrained = dict(kwargs, victim=untrained_like(kwargs["victim"], seed=5))  # same spec, new weights
+    with pytest.raises(DataError, match="other subjects or settings"):
+        run_membership_inference(folder, config, **retrained)
     # shadows recorded for another split: refused
     stems = [copy.shadow_stem("skull_stripped", 0, "unet", k) for k in range(2)]
     with pytest.raises(CheckpointError, match="trained on other subjects"):

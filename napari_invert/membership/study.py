@@ -18,6 +18,7 @@ returned as is when called again with the same inputs; different inputs are refu
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -121,6 +122,16 @@ def untrained_like(victim: Segmenter, seed: int) -> Segmenter:
     return model.eval()
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's tensors (names, shapes and bytes, in state-dict order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def membership_inputs(
     config: MembershipConfig,
     train_config: TrainConfig,
@@ -137,6 +148,7 @@ def membership_inputs(
         "membership_config": config.model_dump(mode="json"),
         "train_config": train_config.model_dump(mode="json"),
         "victim": victim.spec(),
+        "victim_weights_sha256": weights_fingerprint(victim),
     }
 
 
