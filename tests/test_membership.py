@@ -170,6 +170,9 @@ def test_rerun_reuses_results_and_shadows(experiment, tmp_path: Path) -> None:
     stems = [copy.shadow_stem("skull_stripped", 0, "unet", k) for k in range(2)]
     with pytest.raises(CheckpointError, match="trained on other subjects"):
         train_shadows(kwargs["victim"], kwargs["attacker_subjects"], TRAIN, 2, stems, seed=123)
+    longer = TRAIN.model_copy(update={"steps": 121})
+    with pytest.raises(CheckpointError, match="another architecture or training configuration"):
+        train_shadows(kwargs["victim"], kwargs["attacker_subjects"], longer, 2, stems, seed=0)
 
 
 def test_pooling_report_and_figure(experiment, tmp_path: Path) -> None:
