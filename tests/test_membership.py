@@ -38,6 +38,7 @@ from napari_invert.membership import (
     shadow_assignment,
     train_shadows,
     untrained_like,
+    write_pooled_membership,
 )
 from napari_invert.models import build_segmenter, predict, predict_proba, train_segmenter
 from napari_invert.report.membership import (
@@ -186,6 +187,10 @@ def test_pooling_report_and_figure(experiment, tmp_path: Path) -> None:
         assert res["auc"] == pytest.approx(doc["attacks"][name]["auc"])
         assert [f["fold"] for f in res["per_fold"]] == [0, 1]
     assert "untrained_victim" in pooled["controls"]
+    written = write_pooled_membership(experiment["folder"], "skull_stripped", "unet")
+    assert written["folds"] == [0] and written["n_members"] == 6
+    assert experiment["folder"].membership_pooled_json("skull_stripped", "unet").is_file()
+    assert write_pooled_membership(experiment["folder"], "skull_stripped", "segnet") is None
     png = membership_roc_figure(tmp_path / "roc.png", {"unet": pooled})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = membership_section_markdown({"unet": pooled}, figure=png)
