@@ -245,7 +245,10 @@ def run_membership_inference(
         )
         controls["untrained_victim"] = {
             "description": "the victim's architecture at initialisation, attacked the same way "
-            "(same shadows); membership cannot be inferred from it, expected AUC 0.5",
+            "(same shadows); membership cannot be inferred from it, expected AUC 0.5. Its scores "
+            "lie far outside the shadows' distribution, so its LiRA AUC only reflects how hard "
+            "the shadows find each candidate (exchangeable between members and non-members): "
+            "deviations from 0.5 there are sampling noise",
             "attacks": {
                 name: {k: v for k, v in res.items() if k in ("auc", "auc_ci", "auc_p_value", "tpr_at_fpr")}
                 for name, res in _summaries(control_attacks, is_member, config).items()
