@@ -30,10 +30,42 @@ SHOW_KEYS = 3
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
+#: modules whose globals torch's weights-only unpickler accepts (not worth naming)
+_HARMLESS = ("torch", "collections", "_codecs", "builtins", "numpy")
+
+
+def pickle_imports(path: Path) -> list[str]:
+    """``module.name`` of every global a pickle (or a torch zip file's ``data.pkl``) would
+    import, read with :mod:`pickletools` (which never executes anything)."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                data = zf.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+        names: list[str] = []
+        strings: list[str] = []
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8") and isinstance(arg, str):
+                strings.append(arg)
+            elif op.name == "GLOBAL" and isinstance(arg, str):
+                names.append(arg.replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+        return names
+    except Exception:  # a broken pickle: nothing more to say
+        return []
+
+
 def _refusal(path: Path, exc: Exception) -> DataError:
-    text = str(exc)
-    m = _GLOBAL_RE.search(text)
-    what = f"it would import '{m.group(1)}'" if m else "it holds objects other than tensors"
+    m = _GLOBAL_RE.search(str(exc))
+    foreign = [n for n in pickle_imports(path) if not n.startswith(_HARMLESS)]
+    name = m.group(1) if m else (foreign[0] if foreign else None)
+    what = f"it would import '{name}'" if name else "it holds objects other than tensors"
     return DataError(
         path,
         f"refused to load: the file is a pickle and {what} (napari-invert loads weights only, "
