@@ -6,7 +6,8 @@ An audit config is a YAML file::
     model:                     # one of the model sources below
       kind: monai
       network: UNet
-      args: {spatial_dims: 3, in_channels: 1, out_channels: 56, channels: [16, 32, 64, 128], strides: [2, 2, 2]}
+      args: {spatial_dims: 3, in_channels: 1, out_channels: 56,
+             channels: [8, 16, 32, 64], strides: [2, 2, 2]}
       weights: unet_lpba40.pt  # torch.save(model.state_dict(), ...) or .safetensors
     cohort: {kind: lpba40, path: $NAPARI_INVERT_DATA/lpba40}
     preprocess: {voxel_mm: 4}  # as the model was trained (see PreprocessConfig)
@@ -285,7 +286,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def parse_audit_config(data: dict[str, Any], source: str = "<config>", base: Path | None = None) -> AuditConfig:
+def parse_audit_config(
+    data: dict[str, Any], source: str = "<config>", base: Path | None = None
+) -> AuditConfig:
     """Validate a dict as an :class:`AuditConfig`; relative paths resolve against ``base``."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
@@ -308,7 +311,13 @@ class _ModelOnly(_Strict):
 
 def parse_model_config(
     data: dict[str, Any], source: str = "<config>", base: Path | None = None
-) -> MonaiSourceConfig | BundleSourceConfig | TorchScriptSourceConfig | NnUNetSourceConfig | EntryPointSourceConfig:
+) -> (
+    MonaiSourceConfig
+    | BundleSourceConfig
+    | TorchScriptSourceConfig
+    | NnUNetSourceConfig
+    | EntryPointSourceConfig
+):
     """Validate a ``model:`` block: ``data`` is either ``{"model": {...}, ...}`` (an audit
     config; other keys are ignored here) or the block itself (``{"kind": ...}``)."""
     if not isinstance(data, dict):

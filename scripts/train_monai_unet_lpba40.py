@@ -27,25 +27,39 @@ from napari_invert.data.prepare import prepare_cohort
 TRAINED_ON = [f"S{i:02d}" for i in range(1, 16)]
 
 
+def save(net: torch.nn.Module, out: str) -> None:
+    """``torch.save(state_dict)`` via a temporary file, so a stopped run leaves whole weights."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(net.state_dict(), tmp)
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="sample_configs/unet_lpba40_4mm.pt")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--data", default=str(default_data_root() / "lpba40"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=25, help="also save the weights every N steps")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     cohort = Cohort.from_path(args.data, kind="lpba40")
     prepared = prepare_cohort(
-        cohort, PreprocessConfig(voxel_mm=4.0, cache=False), multiple_of=8, variant="skull_stripped",
-        label_mode="restrict_to_mask", progress=False,
+        cohort,
+        PreprocessConfig(voxel_mm=4.0, cache=False),
+        multiple_of=8,
+        variant="skull_stripped",
+        label_mode="restrict_to_mask",
+        progress=False,
     )
     subjects = [prepared[s] for s in TRAINED_ON]
     x = torch.from_numpy(np.stack([s.image for s in subjects]))[:, None]
     y = torch.from_numpy(np.stack([s.labels for s in subjects]))[:, None]
     n_classes = prepared.n_classes
-    print(f"grid {prepared.shape}, {n_classes} classes, {len(subjects)} training subjects")
+    print(f"grid {prepared.shape}, {n_classes} classes, {len(subjects)} training subjects", flush=True)
     net = UNet(3, 1, n_classes, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
@@ -61,9 +75,11 @@ def main() -> None:
         loss.backward()
         opt.step()
         if step % 25 == 0 or step == args.steps - 1:
-            print(f"step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), args.out)
+            print(f"step {step}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        if (step + 1) % args.save_every == 0:
+            save(net, args.out)
+            print(f"saved after {step + 1} steps", flush=True)
+    save(net, args.out)
     print(f"saved {args.out} ({n_classes} output channels)")
 
 

@@ -49,7 +49,9 @@ def load_training_arrays(root: Path, ids: list[str]) -> tuple[torch.Tensor, torc
     return torch.from_numpy(x.astype(np.float32))[:, None], torch.from_numpy(y.astype(np.int64))
 
 
-def train_few_steps(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> torch.nn.Module:
+def train_few_steps(
+    net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 3
+) -> torch.nn.Module:
     """A few Adam steps of cross-entropy: real training, so the weights differ from init."""
     torch.manual_seed(0)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -65,11 +67,24 @@ def train_few_steps(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, step
 
 
 def monai_unet_args() -> dict:
-    return {"spatial_dims": 3, "in_channels": 1, "out_channels": N_CLASSES, "channels": [4, 8, 16], "strides": [2, 2]}
+    return {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": N_CLASSES,
+        "channels": [4, 8, 16],
+        "strides": [2, 2],
+    }
 
 
 def segresnet_args() -> dict:
-    return {"spatial_dims": 3, "in_channels": 1, "out_channels": N_CLASSES, "init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]}
+    return {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": N_CLASSES,
+        "init_filters": 8,
+        "blocks_down": [1, 1, 1],
+        "blocks_up": [1, 1],
+    }
 
 
 def dynunet_args() -> dict:
@@ -139,13 +154,24 @@ def write_nnunet(folder: Path, net: torch.nn.Module, extra: dict | None = None) 
     plans = {
         "dataset_name": "Dataset001_Tiny",
         "configurations": {
-            "3d_fullres": {"patch_size": [24, 24, 24], "spacing": [2.0, 2.0, 2.0], "architecture": nnunet_arch()}
+            "3d_fullres": {
+                "patch_size": [24, 24, 24],
+                "spacing": [2.0, 2.0, 2.0],
+                "architecture": nnunet_arch(),
+            }
         },
     }
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(
-        json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 4})
+        json.dumps(
+            {"channel_names": {"0": "T1"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 4}
+        )
     )
-    ckpt = {"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer", "current_epoch": 3, **(extra or {})}
+    ckpt = {
+        "network_weights": net.state_dict(),
+        "trainer_name": "nnUNetTrainer",
+        "current_epoch": 3,
+        **(extra or {}),
+    }
     torch.save(ckpt, folder / "fold_0" / "checkpoint_final.pth")
     return folder

@@ -77,13 +77,26 @@ def test_monai_unet_audit_from_the_cli_then_evaluate(tmp_path, cohort, xy):
     )
     (tmp_path / "audit.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    assert main(["audit", str(tmp_path / "audit.yaml"), "--out", str(out), "--no-evaluate", "--no-progress"]) == 0
+    assert (
+        main(["audit", str(tmp_path / "audit.yaml"), "--out", str(out), "--no-evaluate", "--no-progress"])
+        == 0
+    )
     results = StudyResults(out)
-    assert results.splits["folds"] == [{"fold": 0, "private": ["T01", "T02", "T03"], "attack": ["T04", "T05", "T06"]}]
+    assert results.splits["folds"] == [
+        {"fold": 0, "private": ["T01", "T02", "T03"], "attack": ["T04", "T05", "T06"]}
+    ]
     exps = {(e.arch, e.tap) for e in results.experiments()}
-    assert exps == {("user", "bottleneck+skips"), ("user", "level0"), ("user_untrained", "bottleneck+skips"), ("user_untrained", "level0")}
+    assert exps == {
+        ("user", "bottleneck+skips"),
+        ("user", "level0"),
+        ("user_untrained", "bottleneck+skips"),
+        ("user_untrained", "level0"),
+    }
     audit = json.loads((out / "audit.json").read_text())
-    assert audit["taps"] == {"bottleneck+skips": ["model.1.submodule.1.submodule", "model.0"], "level0": ["model.0"]}
+    assert audit["taps"] == {
+        "bottleneck+skips": ["model.1.submodule.1.submodule", "model.0"],
+        "level0": ["model.0"],
+    }
     assert audit["subjects"]["members"] == TRAINED_ON and audit["subjects"]["non_members"] == ["T03"]
     assert audit["victim_dice"]["status"] == "done" and 0 <= audit["victim_dice"]["members"] <= 1
     assert audit["membership"]["status"].startswith("not run")
@@ -98,7 +111,10 @@ def test_monai_unet_audit_from_the_cli_then_evaluate(tmp_path, cohort, xy):
     # rerun: every step is done, nothing retrained
     decoder = out / "skull_stripped" / "fold0" / "user" / "level0" / "decoder.safetensors"
     before = decoder.stat().st_mtime_ns
-    assert main(["audit", str(tmp_path / "audit.yaml"), "--out", str(out), "--no-evaluate", "--no-progress"]) == 0
+    assert (
+        main(["audit", str(tmp_path / "audit.yaml"), "--out", str(out), "--no-evaluate", "--no-progress"])
+        == 0
+    )
     assert decoder.stat().st_mtime_ns == before
 
 
@@ -126,7 +142,11 @@ def _nnunet(tmp_path, xy):
     return {"kind": "nnunet", "path": "nnunet", "patch_size": [16, 16, 16]}
 
 
-@pytest.mark.parametrize("make", [_segresnet, _bundle, _torchscript, _nnunet], ids=["safetensors", "bundle", "torchscript", "nnunet"])
+@pytest.mark.parametrize(
+    "make",
+    [_segresnet, _bundle, _torchscript, _nnunet],
+    ids=["safetensors", "bundle", "torchscript", "nnunet"],
+)
 def test_audit_each_source_end_to_end(tmp_path, cohort, xy, make):
     folder = _audit(tmp_path, _config(cohort, make(tmp_path, xy)))
     audit = json.loads((folder.root / "audit.json").read_text())
@@ -173,8 +193,11 @@ def test_subject_roles():
 def test_subject_lists_from_files(tmp_path):
     (tmp_path / "train.txt").write_text("# trained on\nT01\nT02, T03\n")
     cfg = parse_audit_config(
-        {"model": {"kind": "torchscript", "path": "m.ts"}, "cohort": {"kind": "folder", "path": "c"},
-         "subjects": {"trained_on": "train.txt"}},
+        {
+            "model": {"kind": "torchscript", "path": "m.ts"},
+            "cohort": {"kind": "folder", "path": "c"},
+            "subjects": {"trained_on": "train.txt"},
+        },
         base=tmp_path,
     )
     r = resolve_subjects(cfg.subjects, [f"T{i:02d}" for i in range(1, 7)])
@@ -209,7 +232,12 @@ def test_membership_hook_gets_members_and_non_members(tmp_path, cohort):
         folder = _audit(tmp_path, cfg)
     finally:
         register_membership_attack(None)
-    assert seen == {"members": TRAINED_ON, "non_members": ["T03"], "attacker": ["T04", "T05", "T06"], "segment": (20, 20, 20)}
+    assert seen == {
+        "members": TRAINED_ON,
+        "non_members": ["T03"],
+        "attacker": ["T04", "T05", "T06"],
+        "segment": (20, 20, 20),
+    }
     membership = json.loads((folder.root / "audit.json").read_text())["membership"]
     assert membership["status"] == "done" and membership["auc"] == 0.5
 

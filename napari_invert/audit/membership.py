@@ -33,12 +33,21 @@ def register_membership_attack(fn: MembershipAttack | None) -> None:
 
 def run_membership(adapter, members, non_members, attacker, folder, config) -> dict[str, Any]:
     """Run the registered attack, or say why none ran (training-data-leakage threat)."""
-    base = {"threat_model": "training-data leakage", "n_members": len(members), "n_non_members": len(non_members)}
+    base = {
+        "threat_model": "training-data leakage",
+        "n_members": len(members),
+        "n_non_members": len(non_members),
+    }
     if _ATTACK is None:
         return {**base, "status": "not run: no membership-inference attack is registered"}
     if not members or not non_members:
         return {**base, "status": "not run: needs members and non-members (trained_on known, holdout given)"}
     result = _ATTACK(
-        adapter=adapter, members=members, non_members=non_members, attacker=attacker, folder=folder, config=config
+        adapter=adapter,
+        members=members,
+        non_members=non_members,
+        attacker=attacker,
+        folder=folder,
+        config=config,
     )
     return {**base, "status": "done", **(result or {})}

@@ -94,7 +94,9 @@ class AuditRunner:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             previous = parse_audit_config(raw, source=str(path)).model_dump(mode="json")
             diff = sorted(
-                k for k in set(previous) | set(current) if k not in _RUNTIME_KEYS and previous.get(k) != current.get(k)
+                k
+                for k in set(previous) | set(current)
+                if k not in _RUNTIME_KEYS and previous.get(k) != current.get(k)
             )
             if diff:
                 raise ConfigError(
@@ -114,7 +116,11 @@ class AuditRunner:
 
             path = c.path or (self.folder.root / "demo_cohort")
             make_demo_cohort(
-                path, n_subjects=c.n_subjects or 40, seed=c.seed, voxel_mm=c.demo_voxel_mm, progress=self.progress
+                path,
+                n_subjects=c.n_subjects or 40,
+                seed=c.seed,
+                voxel_mm=c.demo_voxel_mm,
+                progress=self.progress,
             )
             return Cohort.from_path(path, kind="folder"), path
         return Cohort.from_path(c.path, kind=c.kind, n_subjects=c.n_subjects), c.path
@@ -163,7 +169,8 @@ class AuditRunner:
         except RuntimeError as exc:
             raise ConfigError(
                 f"model: the network fails on the preprocessed grid {prepared.shape} "
-                f"({' '.join(str(exc).split())[:160]}); match preprocess.voxel_mm / model.patch_size to training"
+                f"({' '.join(str(exc).split())[:160]}); "
+                "match preprocess.voxel_mm / model.patch_size to training"
             ) from None
         del out
 
@@ -202,7 +209,9 @@ class AuditRunner:
         if not prior_path.exists():
             from napari_invert.data.nifti import save_nifti
 
-            save_nifti(prior_path, np.mean([s.image for s in attack], axis=0).astype(np.float32), prepared.affine)
+            save_nifti(
+                prior_path, np.mean([s.image for s in attack], axis=0).astype(np.float32), prepared.affine
+            )
 
         victims: list[tuple[str, Any]] = [(ARCH, adapter)]
         control_note = "off (controls.untrained_victim: false)"
@@ -213,25 +222,31 @@ class AuditRunner:
                 log.warning(control_note)
             else:
                 victims.append((CONTROL_ARCH, control))
-                control_note = "the same architecture at its initialisation (re-built, seed %d)" % cfg.controls.seed
+                control_note = (
+                    f"the same architecture at its initialisation (re-built, seed {cfg.controls.seed})"
+                )
         for arch, victim in victims:
-            for entry, name, layers in taps:
+            for _entry, name, layers in taps:
                 self._attack(arch, victim, name, layers, attack, targets, variant, device)
 
         victim_dice = self._victim_dice(adapter, prepared, roles)
         from napari_invert.audit.membership import run_membership
 
-        membership = run_membership(
-            adapter,
-            [by_id[s] for s in roles.members],
-            [by_id[s] for s in roles.non_members],
-            attack,
-            self.folder,
-            cfg,
-        ) if roles.trained_on is not None else {
-            "threat_model": "training-data leakage",
-            "status": "not reported: trained_on is unknown (only feature inversion is measured)",
-        }
+        membership = (
+            run_membership(
+                adapter,
+                [by_id[s] for s in roles.members],
+                [by_id[s] for s in roles.non_members],
+                attack,
+                self.folder,
+                cfg,
+            )
+            if roles.trained_on is not None
+            else {
+                "threat_model": "training-data leakage",
+                "status": "not reported: trained_on is unknown (only feature inversion is measured)",
+            }
+        )
         write_json_atomic(
             self.folder.root / "audit.json",
             {
@@ -246,8 +261,9 @@ class AuditRunner:
                 "threat_models": {
                     "feature inversion": "reconstructions of every target from what the tapped layers output "
                     "for its scan (architectures 'user' and control 'user_untrained')",
-                    "training-data leakage": "membership" if roles.trained_on is not None else "not reported "
-                    "(trained_on unknown)",
+                    "training-data leakage": "membership"
+                    if roles.trained_on is not None
+                    else "not reported (trained_on unknown)",
                 },
                 "taps": {name: layers for _, name, layers in taps},
                 "roles": discovery.roles,
@@ -275,10 +291,18 @@ class AuditRunner:
                 save_nifti(self.folder.labels(variant, s.subject_id), s.labels, s.affine)
         self._mark(key, subjects=len(prepared.subjects))
 
-    def _attack(self, arch: str, victim, tap: str, layers: list[str], attack, targets, variant, device) -> None:
+    def _attack(
+        self, arch: str, victim, tap: str, layers: list[str], attack, targets, variant, device
+    ) -> None:
         import torch
 
-        from napari_invert.attack import InversionDecoder, load_decoder, reconstruct, save_decoder, train_inversion_decoder
+        from napari_invert.attack import (
+            InversionDecoder,
+            load_decoder,
+            reconstruct,
+            save_decoder,
+            train_inversion_decoder,
+        )
         from napari_invert.data.nifti import save_nifti
 
         key = f"attack:{variant}:fold{FOLD}:{arch}:{tap}"
@@ -330,11 +354,15 @@ class AuditRunner:
         target_ids = {s.subject_id for s in targets}
         for subject, recon in zip(chosen, recons):
             sid = subject.subject_id
-            save_nifti(self.folder.recon(variant, FOLD, arch, tap, sid), recon.astype(np.float32), subject.affine)
+            save_nifti(
+                self.folder.recon(variant, FOLD, arch, tap, sid), recon.astype(np.float32), subject.affine
+            )
             if sid in target_ids:
                 native, native_affine = subject.to_native(recon, order=1)
                 save_nifti(
-                    self.folder.recon_native(variant, FOLD, arch, tap, sid), native.astype(np.float32), native_affine
+                    self.folder.recon_native(variant, FOLD, arch, tap, sid),
+                    native.astype(np.float32),
+                    native_affine,
                 )
         self._mark(key, seconds=round(time.perf_counter() - t0, 1), reconstructed=len(chosen), layers=layers)
 

@@ -86,7 +86,8 @@ def resolve_subjects(spec: AuditSubjects, all_ids: list[str]) -> AuditRoles:
         if overlap:
             raise ConfigError(
                 f"subjects: the attack set overlaps trained_on ({', '.join(overlap[:5])}"
-                f"{', ...' if len(overlap) > 5 else ''}); the attacker may not use the model's training subjects"
+                f"{', ...' if len(overlap) > 5 else ''}); "
+                "the attacker may not use the model's training subjects"
             )
         both = [s for s in holdout if s in trained_on]
         if both:

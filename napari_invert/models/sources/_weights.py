@@ -50,7 +50,9 @@ def pickle_imports(path: Path) -> list[str]:
         names: list[str] = []
         strings: list[str] = []
         for op, arg, _pos in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8") and isinstance(arg, str):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8") and isinstance(
+                arg, str
+            ):
                 strings.append(arg)
             elif op.name == "GLOBAL" and isinstance(arg, str):
                 names.append(arg.replace(" ", "."))

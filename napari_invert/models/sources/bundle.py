@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-from napari_invert.errors import ConfigError, DataError
+from napari_invert.errors import DataError
 from napari_invert.models.sources._loaded import LoadedModel
 from napari_invert.models.sources._weights import load_state_into, load_tensor_file
 
@@ -165,9 +165,11 @@ def load_bundle(cfg: Any) -> LoadedModel:
                 weights = folder / "models" / name
                 break
     if weights is None:
-        hint = " (models/model.ts is TorchScript: use model.kind: torchscript)" if (
-            folder / "models" / "model.ts"
-        ).is_file() else ""
+        hint = (
+            " (models/model.ts is TorchScript: use model.kind: torchscript)"
+            if (folder / "models" / "model.ts").is_file()
+            else ""
+        )
         raise DataError(folder / "models" / "model.pt", f"bundle weights not found{hint}")
     load_state_into(module, load_tensor_file(weights), weights)
     in_channels = None

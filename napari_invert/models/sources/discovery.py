@@ -82,7 +82,9 @@ class TapDiscovery:
             if part == "skips":
                 found = self.levels
                 if not found:
-                    raise ConfigError(f"tap '{entry}': this network has no encoder levels finer than its bottleneck")
+                    raise ConfigError(
+                        f"tap '{entry}': this network has no encoder levels finer than its bottleneck"
+                    )
             elif m:
                 key = f"level{m.group(2)}"
                 if key not in self.roles:
@@ -148,7 +150,7 @@ class TapDiscovery:
                 continue
             scale = "x".join(f"{s:g}" for s in la.scale) if len(set(la.scale)) > 1 else f"1/{la.scale[0]:g}"
             lines.append(
-                f"{la.name:<48} {la.kind[:22]:<22} {str(tuple(la.shape)):<24} {scale:<10} {', '.join(la.roles)}"
+                f"{la.name:<48} {la.kind[:22]:<22} {tuple(la.shape)!s:<24} {scale:<10} {', '.join(la.roles)}"
             )
         lines.append(
             "roles: bottleneck="
@@ -215,7 +217,7 @@ def build_discovery(
     for la in layers:
         for s in la.scale:
             if s >= 1 and abs(s - round(s)) < 1e-6:
-                multiple = math.lcm(multiple, int(round(s)))
+                multiple = math.lcm(multiple, round(s))
     return TapDiscovery(tuple(input_shape), output_shape, layers, roles, multiple, end)
 
 

@@ -43,7 +43,8 @@ def load_entry_point(cfg: Any) -> LoadedModel:
             raise ConfigError(f"model.args: {cfg.entry_point}(...) failed ({exc})") from None
         if not isinstance(module, nn.Module):
             raise ConfigError(
-                f"model.entry_point: {cfg.entry_point} returned {type(module).__name__}, not a torch.nn.Module"
+                f"model.entry_point: {cfg.entry_point} returned {type(module).__name__}, "
+                "not a torch.nn.Module"
             )
         return module
 

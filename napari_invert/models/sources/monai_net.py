@@ -29,7 +29,9 @@ def build_network(cls: type[nn.Module], args: dict[str, Any], key: str = "model.
     try:
         return cls(**args)
     except (TypeError, ValueError, AssertionError, KeyError) as exc:
-        raise ConfigError(f"{key}: {cls.__name__}(...) cannot be built from these arguments ({exc})") from None
+        raise ConfigError(
+            f"{key}: {cls.__name__}(...) cannot be built from these arguments ({exc})"
+        ) from None
 
 
 def load_monai(cfg: Any) -> LoadedModel:

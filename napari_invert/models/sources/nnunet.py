@@ -123,9 +123,11 @@ def load_nnunet(cfg: Any) -> LoadedModel:
                 raise
             raise DataError(
                 ckpt,
-                f"{exc.problem.split(' (napari-invert')[0]}: nnU-Net stores training state beside the weights. "
-                "Export the weights once, where you trust the file: python -c \"import torch; "
-                f"c = torch.load('{ckpt}', weights_only=False); torch.save(c['network_weights'], 'weights.pth')\" "
+                f"{exc.problem.split(' (napari-invert')[0]}: "
+                "nnU-Net stores training state beside the weights. "
+                'Export the weights once, where you trust the file: python -c "import torch; '
+                f"c = torch.load('{ckpt}', weights_only=False); "
+                "torch.save(c['network_weights'], 'weights.pth')\" "
                 "and set model.weights: weights.pth",
             ) from None
         if not isinstance(obj, dict) or "network_weights" not in obj:

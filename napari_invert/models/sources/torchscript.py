@@ -122,7 +122,8 @@ class GraphTapper(Tapper):
         unknown = [n for n in layer_names if n not in valid]
         if unknown:
             raise ConfigError(
-                f"TorchScript tap: no value named {', '.join(map(repr, unknown))}; available: {', '.join(valid)}"
+                f"TorchScript tap: no value named {', '.join(map(repr, unknown))}; "
+                f"available: {', '.join(valid)}"
             )
         super().__init__(holder)
         self.layer_names = list(layer_names)
@@ -165,7 +166,10 @@ def reinitialise_torchscript(module: torch.jit.ScriptModule, seed: int = 0) -> s
         if kind in _CONV or kind in _NORM or kind == "PReLU":
             plan.append((kind, sub))
         else:
-            return f"module '{name or '<root>'}' ({kind}) holds parameters of a type the control cannot re-initialise"
+            return (
+                f"module '{name or '<root>'}' ({kind}) holds parameters of a type "
+                "the control cannot re-initialise"
+            )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for kind, sub in plan:
@@ -193,4 +197,3 @@ def reinitialise_torchscript(module: torch.jit.ScriptModule, seed: int = 0) -> s
                 if "running_var" in buffers:
                     buffers["running_var"].fill_(1.0)
     return None
-
