@@ -316,3 +316,23 @@ def test_cli_taps(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "napari-invert: error:" in err
     assert issubclass(DataError, NapariInvertError)
+
+
+def test_plugin_entry_points(tmp_path):
+    """What the Study widget calls: a model block as a dict -> adapter -> discovered taps."""
+    from napari_invert.models.sources import discover_taps, model_adapter_from_dict
+
+    net = UNet(**monai_unet_args())
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    block = {
+        "kind": "monai",
+        "network": "UNet",
+        "args": monai_unet_args(),
+        "weights": "w.pt",
+        "input_size": [16] * 3,
+    }
+    adapter = model_adapter_from_dict(block, base=tmp_path)
+    found = discover_taps(adapter)
+    assert found.roles["bottleneck"] == "model.1.submodule.1.submodule"
+    assert found.to_dict()["layers"][0]["name"] == "model.0.conv"
+    _same(adapter, net)
