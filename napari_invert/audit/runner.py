@@ -225,8 +225,8 @@ class AuditRunner:
                 control_note = (
                     f"the same architecture at its initialisation (re-built, seed {cfg.controls.seed})"
                 )
-        for arch, victim in victims:
-            for _entry, name, layers in taps:
+        for _entry, name, layers in taps:  # per tap, the model and its control side by side
+            for arch, victim in victims:
                 self._attack(arch, victim, name, layers, attack, targets, variant, device)
 
         victim_dice = self._victim_dice(adapter, prepared, roles)
