@@ -12,6 +12,7 @@ not a state dict, or weights that do not fit the network (first mismatching keys
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,7 +84,7 @@ def load_torch_file(path: str | Path) -> Any:
         raise DataError(path, "weights file not found")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except __import__("pickle").UnpicklingError as exc:
+    except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
