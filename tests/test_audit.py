@@ -94,7 +94,7 @@ def test_monai_unet_audit_from_the_cli_then_evaluate(tmp_path, cohort, xy):
     }
     audit = json.loads((out / "audit.json").read_text())
     assert audit["taps"] == {
-        "bottleneck+skips": ["model.1.submodule.1.submodule", "model.0"],
+        "bottleneck+skips": ["model.1.submodule.1.submodule", "model.0", "model.1.submodule.0"],
         "level0": ["model.0"],
     }
     assert audit["subjects"]["members"] == TRAINED_ON and audit["subjects"]["non_members"] == ["T03"]

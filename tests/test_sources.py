@@ -60,11 +60,16 @@ def test_monai_state_dict(tmp_path):
     _same(a, net)
     assert a.in_channels == 1 and a.out_channels == 3 and a.multiple_of == 4
     d = a.discovery
-    assert d.roles == {"bottleneck": "model.1.submodule.1.submodule", "level0": "model.0"}
+    # MONAI's UNet concatenates its last down block (model.1.submodule.0) with the bottom block
+    assert d.roles == {
+        "bottleneck": "model.1.submodule.1.submodule",
+        "level0": "model.0",
+        "level1": "model.1.submodule.0",
+    }
     _, layers = a.resolve_tap("bottleneck+skips")
-    assert layers == ["model.1.submodule.1.submodule", "model.0"]
+    assert layers == ["model.1.submodule.1.submodule", "model.0", "model.1.submodule.0"]
     taps = a.tapper("bottleneck+skips")(X[:1])
-    assert [tuple(t.shape) for t in taps] == [(1, 16, 6, 6, 6), (1, 4, 12, 12, 12)]
+    assert [tuple(t.shape) for t in taps] == [(1, 16, 6, 6, 6), (1, 4, 12, 12, 12), (1, 8, 6, 6, 6)]
     control, reason = a.untrained()
     assert reason is None
     assert not torch.allclose(control.forward(X), a.forward(X))
@@ -136,13 +141,14 @@ def test_torchscript(tmp_path, mode):
     _same(a, net)
     tapper = a.tapper("bottleneck+skips")
     hook_taps = load_model_source(_cfg({"kind": "monai", "network": "UNet", "args": monai_unet_args()}))
-    assert [tuple(t.shape) for t in tapper(X[:1])] == [(1, 16, 6, 6, 6), (1, 4, 12, 12, 12)]
+    shapes = [(1, 16, 6, 6, 6), (1, 4, 12, 12, 12), (1, 8, 6, 6, 6)]
+    assert [tuple(t.shape) for t in tapper(X[:1])] == shapes
     # the graph tap of the bottleneck equals the hooked module output of the same network
     ref = hook_taps.module
     ref.load_state_dict(net.state_dict())
     from napari_invert.attack import HookTapper
 
-    expected = HookTapper(ref, ["model.1.submodule.1.submodule", "model.0"])(X[:1])
+    expected = HookTapper(ref, ["model.1.submodule.1.submodule", "model.0", "model.1.submodule.0"])(X[:1])
     for got, want in zip(tapper(X[:1]), expected):
         assert torch.allclose(got, want, atol=1e-5)
     control, reason = a.untrained(seed=1)

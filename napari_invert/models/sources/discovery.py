@@ -10,7 +10,9 @@ finer than one seen before (the decoder starts upsampling). In that encoder part
   MONAI ``SkipConnection``) and, when the coarsest run starts in one top-level block, layers
   of another top-level block (SegResNet's 1x1 convolution of ``up_samples``);
 * ``level0``, ``level1``, ...: per finer scale (finest first), the last encoder output at that
-  scale (what a U-Net's skip connections carry); ``skipN`` is an alias; ``skips`` = all levels.
+  scale (what a U-Net's skip connections carry), and last, when there is one, a block output at
+  the bottleneck's own scale that precedes it (MONAI ``UNet`` concatenates its last down block
+  with the bottom block); ``skipN`` is an alias; ``skips`` = all levels.
 
 The heuristics are printed with the layers so a user can always name layers instead.
 """
@@ -213,12 +215,40 @@ def build_discovery(
         if cands:
             roles[f"level{k}"] = cands[-1].name
             cands[-1].roles.append(f"level{k}")
+    if at_top:
+        extra = _skip_at_bottleneck_scale(encoder, roles["bottleneck"], top, concat, graph_ops)
+        if extra is not None:
+            key = f"level{len([r for r in roles if r.startswith('level')])}"
+            roles[key] = extra.name
+            extra.roles.append(key)
     multiple = 1
     for la in layers:
         for s in la.scale:
             if s >= 1 and abs(s - round(s)) < 1e-6:
                 multiple = math.lcm(multiple, round(s))
     return TapDiscovery(tuple(input_shape), output_shape, layers, roles, multiple, end)
+
+
+def _skip_at_bottleneck_scale(
+    encoder: list[LayerInfo], bottleneck_name: str, top: float, concat: set[int], graph_ops: bool
+) -> LayerInfo | None:
+    """An encoder output at the bottleneck's own scale that the decoder also receives (MONAI
+    ``UNet``: the last down-sampling block, concatenated with the bottom block): the last
+    block output at that scale before the bottleneck that is neither inside the bottleneck
+    nor inside a later block (TorchScript values: the last with other channels)."""
+    b = next(la for la in encoder if la.name == bottleneck_name)
+    cands = [
+        la
+        for la in encoder
+        if abs(la.coarseness - top) < 1e-9
+        and la.order < b.order
+        and la.order not in concat
+        and not la.name.startswith(b.name + ".")
+        and not any(o.order > la.order and la.name.startswith(o.name + ".") for o in encoder)
+    ]
+    if graph_ops:
+        cands = [la for la in cands if la.shape[0] != b.shape[0]]
+    return cands[-1] if cands else None
 
 
 def _first_tensor(value: Any) -> Tensor | None:
