@@ -9,6 +9,8 @@ Sub-commands::
     napari-invert study-info STUDY_DIR  convergence table of the victims and decoders
     napari-invert bench [--quick] [--device ...]
     napari-invert view STUDY_DIR        open the study in napari (needs the [napari] extra)
+    napari-invert taps MODEL_CONFIG     layers (and roles) of your own model an attacker could read
+    napari-invert audit CONFIG --out DIR   attack your own model on your cohort, then evaluate
 
 Errors meant for the user (bad files, bad configs) are printed as one line on stderr and
 exit with status 2; anything else is a bug and shows a traceback.
@@ -176,11 +178,44 @@ def _cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a wi
     return 0
 
 
+def _cmd_taps(args: argparse.Namespace) -> int:
+    import json
+
+    from napari_invert.audit_config import load_model_config
+    from napari_invert.models.sources import load_model_source
+
+    config = load_model_config(args.config)
+    if args.input_size:
+        config = config.model_copy(update={"input_size": tuple(args.input_size)})
+    adapter = load_model_source(config)
+    discovery = adapter.discovery
+    if args.json:
+        print(json.dumps(discovery.to_dict(), indent=1))
+    else:
+        print(discovery.format(all_layers=args.all))
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from napari_invert.audit import AuditRunner
+    from napari_invert.audit_config import load_audit_config
+
+    config = load_audit_config(args.config)
+    folder = AuditRunner(config, args.out, device=args.device, progress=not args.no_progress).run()
+    print(f"audit finished: {folder.root}")
+    if args.no_evaluate:
+        return 0
+    return _evaluate(folder.root, None, None, args.device, not args.no_progress)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
         prog="napari-invert",
-        description="Audit 3D segmentation networks for model-inversion leakage of their training patients.",
+        description=(
+            "Audit 3D segmentation networks for privacy leakage: feature inversion (what an attacker "
+            "reconstructs from the encoder's outputs) and training-data leakage (membership inference)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"napari-invert {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
@@ -267,6 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     study_info.add_argument("study", help="study folder")
     study_info.set_defaults(func=_cmd_study_info)
+
+    taps = sub.add_parser("taps", help="list the layers of your own model an attacker could read")
+    taps.add_argument("config", help="YAML with a 'model:' block (an audit config, see sample_configs/)")
+    taps.add_argument("--input-size", type=int, nargs=3, default=None, help="dummy input X Y Z")
+    taps.add_argument("--all", action="store_true", help="also layers inside blocks and decoder layers")
+    taps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    taps.set_defaults(func=_cmd_taps)
+
+    audit = sub.add_parser("audit", help="attack your own segmenter on your cohort (writes a study folder)")
+    audit.add_argument("config", help="YAML audit config (see sample_configs/own_model_monai.yaml)")
+    audit.add_argument("--out", required=True, help="study folder (created; rerun to resume)")
+    audit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation and report")
+    add_common(audit)
+    audit.set_defaults(func=_cmd_audit)
 
     view = sub.add_parser("view", help="open a study folder in napari")
     view.add_argument("study", help="study folder")

@@ -1,0 +1,53 @@
+"""The hook through which a membership-inference attack joins an audit.
+
+The audit calls :func:`run_membership` once, after the inversion attacks, when the
+training subjects are known and at least one non-member exists. A membership module
+registers itself with :func:`register_membership_attack`; the function it registers gets
+
+* ``adapter``: the user's network (:class:`~napari_invert.models.sources.ModelAdapter`:
+  ``forward``, ``segment`` (sliding window when patch-trained), ``untrained()``);
+* ``members`` / ``non_members``: :class:`~napari_invert.data.prepare.PreparedSubject`
+  lists (image, mask, labels on the model grid) of the targets in / not in ``trained_on``;
+* ``attacker``: the attacker's own prepared subjects (e.g. for shadow models);
+* ``folder``: the :class:`~napari_invert.study.layout.StudyFolder` to write into;
+* ``config``: the :class:`~napari_invert.audit_config.AuditConfig`;
+
+and returns a JSON-ready dict (stored under ``membership`` in ``audit.json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+MembershipAttack = Callable[..., dict[str, Any]]
+
+_ATTACK: MembershipAttack | None = None
+
+
+def register_membership_attack(fn: MembershipAttack | None) -> None:
+    """Install (or, with ``None``, remove) the membership-inference attack."""
+    global _ATTACK
+    _ATTACK = fn
+
+
+def run_membership(adapter, members, non_members, attacker, folder, config) -> dict[str, Any]:
+    """Run the registered attack, or say why none ran (training-data-leakage threat)."""
+    base = {
+        "threat_model": "training-data leakage",
+        "n_members": len(members),
+        "n_non_members": len(non_members),
+    }
+    if _ATTACK is None:
+        return {**base, "status": "not run: no membership-inference attack is registered"}
+    if not members or not non_members:
+        return {**base, "status": "not run: needs members and non-members (trained_on known, holdout given)"}
+    result = _ATTACK(
+        adapter=adapter,
+        members=members,
+        non_members=non_members,
+        attacker=attacker,
+        folder=folder,
+        config=config,
+    )
+    return {**base, "status": "done", **(result or {})}
