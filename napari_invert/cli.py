@@ -6,6 +6,7 @@ Sub-commands::
     napari-invert demo [--out DIR]      demo study on the embedded cohort + HTML report
     napari-invert study CONFIG --out DIR [--device cpu|cuda] [--folds 0 1 ...]
     napari-invert evaluate STUDY_DIR [--metrics ...] [--deformation full|sample|off]
+    napari-invert study-info STUDY_DIR  convergence table of the victims and decoders
     napari-invert bench [--quick] [--device ...]
     napari-invert view STUDY_DIR        open the study in napari (needs the [napari] extra)
 
@@ -67,6 +68,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
             config, args.out, jobs, device=args.device, folds=args.folds, progress=not args.no_progress
         )
         print(f"study finished: {folder.root}")
+        _report_victims(folder.root)
         if args.evaluate:
             return _evaluate(folder.root, None, None, args.device, not args.no_progress)
         return 0
@@ -81,9 +83,41 @@ def _cmd_study(args: argparse.Namespace) -> int:
     )
     folder = runner.run()
     print(f"study finished: {folder.root}")
+    _report_victims(folder.root)
     if args.evaluate:
         return _evaluate(folder.root, None, None, args.device, not args.no_progress)
     return 0
+
+
+def _report_victims(study: Path) -> None:
+    """Print whether the victims segment (a warning on stderr when one does not)."""
+    from napari_invert.study.convergence import format_victim_check, victim_segmentation_check
+
+    check = victim_segmentation_check(study)
+    print(format_victim_check(check), file=sys.stdout if check["ok"] else sys.stderr)
+
+
+def _cmd_study_info(args: argparse.Namespace) -> int:
+    from napari_invert.errors import DataError
+    from napari_invert.study.convergence import (
+        format_convergence_table,
+        format_victim_check,
+        summarise_convergence,
+        victim_segmentation_check,
+    )
+    from napari_invert.study.layout import StudyFolder
+
+    folder = StudyFolder(Path(args.study))
+    if not folder.is_study():
+        raise DataError(folder.root, "not a study folder (config.yaml, splits.json, cohort.json missing)")
+    rows = summarise_convergence(folder)
+    if not rows:
+        print(f"{folder.root}: no convergence records yet (studies run before this version have none)")
+        return 0
+    print(format_convergence_table(rows))
+    check = victim_segmentation_check(folder)
+    print(format_victim_check(check))
+    return 0 if check["ok"] else 1
 
 
 def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
@@ -116,6 +150,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         folder = run_study_parallel(config, out, jobs, device=args.device, progress=not args.no_progress)
     else:
         folder = StudyRunner(config, out, device=args.device, progress=not args.no_progress).run()
+    _report_victims(folder.root)
     return _evaluate(folder.root, None, None, args.device, not args.no_progress)
 
 
@@ -225,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished study folders whose end-to-end wall times (manifest.json) are reported",
     )
     bench.set_defaults(func=_cmd_bench)
+
+    study_info = sub.add_parser(
+        "study-info",
+        help="convergence of a study's victims and decoders; warns when a victim does not segment",
+    )
+    study_info.add_argument("study", help="study folder")
+    study_info.set_defaults(func=_cmd_study_info)
 
     view = sub.add_parser("view", help="open a study folder in napari")
     view.add_argument("study", help="study folder")

@@ -116,9 +116,51 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=2, ge=1)
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(default=0.0, ge=0)
-    augment: bool = Field(default=True, description="random flips and intensity jitter")
+    augment: bool = Field(
+        default=True, description="random intensity jitter, plus random flips along flip_axes (if any)"
+    )
     checkpoint_every: int = Field(default=50, ge=1, description="steps between resumable checkpoints")
     seed: int = 0
+    # -- training to a validation plateau (napari_invert.models.validation) --
+    validation_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        le=0.5,
+        description="share of the training subjects held out to judge convergence (0: none, "
+        "train exactly `steps`); with too few subjects the training subjects are scored",
+    )
+    validate_every: int = Field(default=25, ge=1, description="steps between validation scores")
+    patience: int | None = Field(
+        default=150, ge=1, description="stop after this many steps without a min_delta improvement"
+    )
+    min_delta: float = Field(
+        default=0.005,
+        ge=0,
+        description="smallest improvement that resets patience: absolute for a victim's Dice, "
+        "relative (fraction of the best so far) for a decoder's MSE",
+    )
+    lr_schedule: Literal["constant", "cosine", "plateau"] = Field(
+        default="constant", description="after warm-up: constant, cosine to `steps`, or halve on plateau"
+    )
+    warmup_steps: int = Field(default=0, ge=0, description="linear learning-rate warm-up steps")
+    flip_axes: list[Literal[0, 1, 2]] = Field(
+        default_factory=list,
+        description="axes randomly flipped when augment is on (image and labels together); "
+        "empty: none (left/right-specific labels would be swapped by an x flip)",
+    )
+    segmentation_loss: Literal["dice_ce", "dice_focal"] = Field(
+        default="dice_ce", description="victims only: Dice + cross-entropy or Dice + focal"
+    )
+    dice_include_background: bool = Field(
+        default=True, description="victims only: background in the Dice term"
+    )
+    dice_squared_pred: bool = Field(default=False, description="victims only: squared predictions in Dice")
+    min_validation_dice: float = Field(
+        default=0.3, ge=0, le=1, description="victims only: below this validation Dice it 'does not segment'"
+    )
+    min_dice_gain: float = Field(
+        default=0.05, ge=0, le=1, description="victims only: required Dice above the majority-label baseline"
+    )
 
 
 class AttackConfig(_Strict):

@@ -149,8 +149,17 @@ def test_controls_report_members_nonmembers_untrained_and_baselines(study: Study
         ("unet", c, t) for c in ("trained", "untrained") for t in ("bottleneck+skips", "skip0")
     }
     s = by_key[("unet", "trained", "skip0")]
-    assert s["members"]["n"] == 9 and s["nonmembers"]["n"] == 9 and s["n_candidates"] == 9
-    assert s["member_minus_nonmember"]["n_pairs"] == 9
+    # members: the private subjects the victim took gradient steps on (not its validation subjects)
+    fitted = [
+        sid
+        for f in study.read_splits()["folds"]
+        for sid in read_json(study.segmenter_stem("skull_stripped", f["fold"], "unet").with_suffix(".json"))[
+            "fitted_on"
+        ]
+    ]
+    assert 0 < len(fitted) < 9
+    assert s["members"]["n"] == len(fitted) and s["nonmembers"]["n"] == 9 and s["n_candidates"] == 9
+    assert s["member_minus_nonmember"]["n_pairs"] == len(fitted)
     assert s["beyond_paper"] is True
     assert s["untrained_over_trained"]["top1_trained"] == s["members"]["top1"]
     for key in ("mask_shape_top1", "common_mask_top1", "mean_image_top1"):
@@ -160,7 +169,7 @@ def test_controls_report_members_nonmembers_untrained_and_baselines(study: Study
     files = {p.name for p in (study.evaluation_dir / "controls").iterdir()}
     assert files == {"controls.json", "per_subject.csv", "controls.md"}
     rows = (study.evaluation_dir / "controls" / "per_subject.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 * 18  # header + 4 experiments x (9 members + 9 non-members)
+    assert len(rows) == 1 + 4 * (len(fitted) + 9)  # header + 4 experiments x (members + 9 non-members)
     assert any("[feature inversion]" in v for v in doc["verdicts"])
 
 
@@ -172,11 +181,17 @@ def test_membership_inference_runs_per_fold_and_pools(study: StudyFolder) -> Non
         doc = read_json(study.membership_json("skull_stripped", fold["fold"], "unet"))
         assert doc["threat_model"] == "training-data leakage"
         truth = {row["subject_id"]: row["member"] for row in doc["subjects"]}
-        assert truth == {**{s: True for s in fold["private"]}, **{s: False for s in fold["holdout"]}}
+        seg = read_json(study.segmenter_stem("skull_stripped", fold["fold"], "unet").with_suffix(".json"))
+        assert set(seg["fitted_on"]) | set(seg["validated_on"]) == set(fold["private"])
+        # members: what the victim took gradient steps on; its validation subjects are neither
+        assert truth == {**{s: True for s in seg["fitted_on"]}, **{s: False for s in fold["holdout"]}}
         assert set(doc["attacks"]) == {"loss_threshold", "dice_threshold", "lira_offline", "lira_global"}
     pooled = _membership(StudyResults(study.root), lambda _msg: None)
     assert set(pooled) == {"skull_stripped/unet"}  # no membership run on the untrained control dir
-    assert pooled["skull_stripped/unet"]["n_members"] == pooled["skull_stripped/unet"]["n_nonmembers"] == 9
+    assert (
+        pooled["skull_stripped/unet"]["n_nonmembers"] == 9
+        and 0 < pooled["skull_stripped/unet"]["n_members"] < 9
+    )
     (verdict,) = membership_verdicts(pooled)
     assert verdict.startswith("[training-data leakage] skull_stripped/unet: membership inference AUC")
 
@@ -246,3 +261,16 @@ def test_mask_shape_and_common_mask_known_answers() -> None:
     assert common.sum() == 3**3 and common[2:5, 2:5, 2:5].all()
     with pytest.raises(ValueError, match="no voxel in common"):
         common_mask(np.stack([masks[0], ~masks[0]]))
+
+
+def test_evaluation_leads_with_the_controls_and_names_both_threats(study: StudyFolder) -> None:
+    from napari_invert.report import evaluate_study
+
+    summary = evaluate_study(study.root, metrics=["ssim", "correlation"], progress=False, figures=False)
+    assert summary.verdicts[0].startswith("[feature inversion]")
+    assert any(v.startswith("[training-data leakage]") for v in summary.verdicts)
+    assert all(v.startswith(("[feature inversion]", "[training-data leakage]")) for v in summary.verdicts)
+    html = summary.layout.report_html.read_text(encoding="utf-8")
+    assert '<section id="controls">' in html and '<section id="membership">' in html
+    assert html.index('<section id="controls">') < html.index('<section id="membership">')
+    assert "(beyond the paper)" in html  # skip0 and bottleneck+skips read more than the latent space

@@ -37,6 +37,8 @@ from napari_invert.membership import (
     score_volumes,
     shadow_assignment,
     train_shadows,
+    untrained_like,
+    write_pooled_membership,
 )
 from napari_invert.models import build_segmenter, predict, predict_proba, train_segmenter
 from napari_invert.report.membership import (
@@ -162,10 +164,16 @@ def test_rerun_reuses_results_and_shadows(experiment, tmp_path: Path) -> None:
     other = dict(kwargs, nonmembers=kwargs["nonmembers"][:5])
     with pytest.raises(DataError, match="other subjects or settings"):
         run_membership_inference(folder, config, **other)
+    retrained = dict(kwargs, victim=untrained_like(kwargs["victim"], seed=5))  # same spec, new weights
+    with pytest.raises(DataError, match="other subjects or settings"):
+        run_membership_inference(folder, config, **retrained)
     # shadows recorded for another split: refused
     stems = [copy.shadow_stem("skull_stripped", 0, "unet", k) for k in range(2)]
     with pytest.raises(CheckpointError, match="trained on other subjects"):
         train_shadows(kwargs["victim"], kwargs["attacker_subjects"], TRAIN, 2, stems, seed=123)
+    longer = TRAIN.model_copy(update={"steps": 121})
+    with pytest.raises(CheckpointError, match="another architecture or training configuration"):
+        train_shadows(kwargs["victim"], kwargs["attacker_subjects"], longer, 2, stems, seed=0)
 
 
 def test_pooling_report_and_figure(experiment, tmp_path: Path) -> None:
@@ -179,6 +187,10 @@ def test_pooling_report_and_figure(experiment, tmp_path: Path) -> None:
         assert res["auc"] == pytest.approx(doc["attacks"][name]["auc"])
         assert [f["fold"] for f in res["per_fold"]] == [0, 1]
     assert "untrained_victim" in pooled["controls"]
+    written = write_pooled_membership(experiment["folder"], "skull_stripped", "unet")
+    assert written["folds"] == [0] and written["n_members"] == 6
+    assert experiment["folder"].membership_pooled_json("skull_stripped", "unet").is_file()
+    assert write_pooled_membership(experiment["folder"], "skull_stripped", "segnet") is None
     png = membership_roc_figure(tmp_path / "roc.png", {"unet": pooled})
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = membership_section_markdown({"unet": pooled}, figure=png)

@@ -121,6 +121,14 @@ def test_study_artifacts_and_attacker_boundary(tmp_path, demo_cohort):
                     assert native.shape == source.shape  # written back on the subject's own grid
                     np.testing.assert_allclose(native.affine, source.affine, atol=1e-4)
             assert (folder.arch_dir("skull_stripped", k, arch) / "segmenter_curve.csv").is_file()
+            # convergence: records beside the curves; held-out subjects are the victim's own
+            rec = read_json(folder.segmenter_convergence("skull_stripped", k, arch))
+            assert rec["status"] == "finished" and rec["subject_ids"] == private
+            assert set(seg_meta["fitted_on"]) | set(seg_meta["validated_on"]) == set(private)
+            assert not set(seg_meta["fitted_on"]) & set(seg_meta["validated_on"])
+            dec_rec = read_json(folder.decoder_convergence("skull_stripped", k, arch, tap))
+            assert dec_rec["network"] == "decoder" and dec_rec["subject_ids"] == attack
+            assert set(dec_meta["validated_on"]) <= set(attack)
         prior = nib.load(folder.prior("skull_stripped", k)).get_fdata()
         originals = [nib.load(folder.original("skull_stripped", s)).get_fdata() for s in attack]
         np.testing.assert_allclose(prior, np.mean(originals, axis=0), atol=1e-5)

@@ -33,10 +33,12 @@ from napari_invert.models.training import (
     OnStep,
     ShouldStop,
     augment_intensity,
+    random_flips,
     run_training_loop,
     stack_images,
     stage_on_device,
 )
+from napari_invert.models.validation import Validation, split_validation
 
 LossName = Literal["mse", "l1", "mse+ssim"]
 
@@ -110,8 +112,12 @@ def train_inversion_decoder(
     on_step: OnStep | None = None,
     should_stop: ShouldStop | None = None,
     cache_taps: bool | None = None,
+    description: str | None = None,
+    convergence_path: str | Path | None = None,
+    record_info: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train ``decoder`` to invert ``tapper`` on the attacker's images only.
+    """Train ``decoder`` to invert ``tapper`` on the attacker's images only, to a
+    validation plateau judged on a held-out part of those same attack images.
 
     Parameters
     ----------
@@ -124,21 +130,29 @@ def train_inversion_decoder(
         The attacker's ``N`` float32 volumes ``(X, Y, Z)`` (one shared shape, normalised
         like the victim's training data). These are the ONLY images used.
     config
-        Steps, batch size, lr, seed; ``augment`` applies intensity jitter to the input
-        image, which is then also the target (taps are recomputed every step).
+        Steps (the cap), batch size, lr and schedule, seed, validation and plateau
+        settings. A ``validation_fraction`` of the attack images is held out (never
+        trained on) and scored by MSE of the reconstruction every ``validate_every``
+        steps; the best decoder is kept; the baseline is the MSE of the mean of the
+        training part (the attacker's prior). ``augment`` applies flips along
+        ``flip_axes`` and intensity jitter to the input image, which is then also the
+        target (taps are recomputed every step).
     loss
         ``mse`` (paper), ``l1`` or ``mse+ssim`` (see :func:`reconstruction_loss`).
     cache_taps
         Tap every attack image once and reuse the tensors (the encoder is frozen, so this
         is exact and much faster). ``None``: cache when ``augment`` is off and the cache
         fits in :data:`CACHE_LIMIT_BYTES`. Caching with ``augment`` on is an error.
-    checkpoint_stem, curve_path, progress, on_step, should_stop
-        As for :func:`~napari_invert.models.train_segmenter` (resume, CSV, tqdm, cancel).
+    description
+        Progress-bar label (e.g. ``"fold 0 unet bottleneck decoder"``).
+    checkpoint_stem, curve_path, progress, on_step, should_stop, convergence_path, record_info
+        As for :func:`~napari_invert.models.train_segmenter` (resume, CSV, tqdm, cancel,
+        convergence record).
 
     Returns
     -------
     Curve rows ``{"step", "loss", "seconds", "batch"}``; ``batch`` holds the indices into
-    ``attack_images`` used at that step.
+    ``attack_images`` used at that step (never a held-out one).
     """
     device = resolve_device(device)
     configure_backends(device)
@@ -159,6 +173,7 @@ def train_inversion_decoder(
         )
     non_blocking = device.type == "cuda"
     n_samples = x_all.shape[0]
+    split = split_validation(n_samples, config)
     data: dict[str, Any] = {}  # staged lazily: a finished run returns without tapping anything
 
     def staged() -> tuple[Tensor, list[Tensor] | None]:
@@ -178,12 +193,45 @@ def train_inversion_decoder(
             taps = [c[idx].to(device, non_blocking=non_blocking) for c in cache]
         else:
             if config.augment:
+                (x,) = random_flips([x], config.flip_axes, rng)
                 x = augment_intensity(x, rng)
             taps = tapper(x)
         with autocast(device):
             pred = decoder(taps)
         return loss_fn(pred.float(), x)
 
+    validation = None
+    if split.validation:
+        val_x = x_all[split.validation]
+
+        def score() -> float:
+            total = 0.0
+            for i in range(val_x.shape[0]):
+                x = val_x[i : i + 1].to(device)
+                with autocast(device):
+                    pred = decoder(tapper(x))
+                total += float(F.mse_loss(pred.float(), x))
+            return total / val_x.shape[0]
+
+        prior = x_all[split.train].mean(dim=0, keepdim=True)
+        baseline = float(((val_x - prior) ** 2).mean(dim=(1, 2, 3, 4)).mean())
+        validation = Validation(
+            score=score,
+            metric="mse",
+            higher_is_better=False,
+            baseline=baseline,
+            baseline_name="mean image of the training part (the attacker's prior)",
+            relative_delta=True,
+        )
+    info = {
+        "network": "decoder",
+        "loss": loss,
+        "validation_source": split.source,
+        "validation_note": split.note,
+        "trained_on": split.train,
+        "validated_on": split.validation,
+        **(record_info or {}),
+    }
     return run_training_loop(
         module=decoder,
         optimizer=torch.optim.Adam(decoder.parameters(), lr=config.lr, weight_decay=config.weight_decay),
@@ -197,7 +245,11 @@ def train_inversion_decoder(
         progress=progress,
         on_step=on_step,
         should_stop=should_stop,
-        description="inversion decoder",
+        description=description or "inversion decoder",
+        train_indices=split.train,
+        validation=validation,
+        convergence_path=convergence_path,
+        record_info=info,
     )
 
 

@@ -23,13 +23,13 @@ from napari_invert.study.layout import StudyFolder
 def load_membership_results(
     folder: StudyFolder, variant: str, arch: str, folds: Iterable[int] | None = None
 ) -> list[dict[str, Any]]:
-    """The ``membership.json`` documents of ``folds`` (default: every fold that has one)."""
+    """The ``membership.json`` documents of ``folds`` (default: every fold of ``splits.json``,
+    or folds 0..63 without one, that has a result)."""
     if folds is None:
-        folds = []
-        k = 0
-        while folder.fold_dir(variant, k).is_dir():
-            folds.append(k)
-            k += 1
+        if folder.splits_path.is_file():
+            folds = [int(f["fold"]) for f in folder.read_splits()["folds"]]
+        else:
+            folds = range(64)
     out = []
     for fold in folds:
         path = folder.membership_json(variant, fold, arch)

@@ -130,18 +130,22 @@ def train_shadows(
         trained_on = [ids[j] for j in np.flatnonzero(assign[k])]
         stem = Path(stems[k]) if stems is not None else None
         init_seed, train_seed = shadow_seeds(seed, k)
+        cfg = train_config.model_copy(update={"seed": train_seed})
         if stem is not None and checkpoint_paths(stem)[1].is_file():
             model, meta = load_segmenter(stem, device)
+            problem = None
             if list(meta.get("trained_on", [])) != trained_on:
+                problem = "was trained on other subjects than this split assigns"
+            elif meta.get("train_config") != cfg.model_dump(mode="json") or model.spec() != spec:
+                problem = "was trained with another architecture or training configuration"
+            if problem:
                 raise CheckpointError(
-                    f"{checkpoint_paths(stem)[1]}: shadow {k} was trained on other subjects "
-                    "than this split assigns; delete the shadows folder to retrain"
+                    f"{checkpoint_paths(stem)[1]}: shadow {k} {problem}; delete the shadows folder to retrain"
                 )
             shadows.append(ShadowModel(k, model, assign[k].copy(), trained_on, stem))
             continue
         torch.manual_seed(init_seed)
         model = segmenter_from_spec(spec, "victim spec")
-        cfg = train_config.model_copy(update={"seed": train_seed})
         resume = stem.with_name(stem.name + "_resume") if stem is not None else None
         members = [attack_subjects[j] for j in np.flatnonzero(assign[k])]
         step_cb = None

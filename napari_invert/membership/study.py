@@ -18,6 +18,7 @@ returned as is when called again with the same inputs; different inputs are refu
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -121,6 +122,16 @@ def untrained_like(victim: Segmenter, seed: int) -> Segmenter:
     return model.eval()
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's tensors (names, shapes and bytes, in state-dict order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def membership_inputs(
     config: MembershipConfig,
     train_config: TrainConfig,
@@ -137,6 +148,7 @@ def membership_inputs(
         "membership_config": config.model_dump(mode="json"),
         "train_config": train_config.model_dump(mode="json"),
         "victim": victim.spec(),
+        "victim_weights_sha256": weights_fingerprint(victim),
     }
 
 
@@ -186,7 +198,11 @@ def run_membership_inference(
     json_path = folder.membership_json(variant, fold, arch)
     if json_path.is_file():
         done = read_json(json_path)
-        if done.get("inputs") == inputs and done.get("complete"):
+        stored = dict(done.get("inputs") or {})
+        expected = dict(inputs)
+        if "victim_weights_sha256" not in stored:  # written before results recorded the weights
+            expected.pop("victim_weights_sha256")
+        if stored == expected and done.get("complete"):
             return done
         raise DataError(
             json_path,
@@ -233,7 +249,10 @@ def run_membership_inference(
         )
         controls["untrained_victim"] = {
             "description": "the victim's architecture at initialisation, attacked the same way "
-            "(same shadows); membership cannot be inferred from it, expected AUC 0.5",
+            "(same shadows); membership cannot be inferred from it, expected AUC 0.5. Its scores "
+            "lie far outside the shadows' distribution, so its LiRA AUC only reflects how hard "
+            "the shadows find each candidate (exchangeable between members and non-members): "
+            "deviations from 0.5 there are sampling noise",
             "attacks": {
                 name: {k: v for k, v in res.items() if k in ("auc", "auc_ci", "auc_p_value", "tpr_at_fpr")}
                 for name, res in _summaries(control_attacks, is_member, config).items()

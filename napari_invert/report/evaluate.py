@@ -439,6 +439,7 @@ def evaluate_study(
         native=native,
         dice_baseline=baselines,
         membership=membership,
+        controls=controls,
     )
     from napari_invert.report.figures import make_figures
     from napari_invert.report.html import write_report

@@ -110,6 +110,7 @@ _S = "napari_invert.report.sections"
 #: The page, in order. Adding a section = a module with a builder + one line here.
 SECTION_BUILDERS: list[SectionBuilder] = [
     _lazy(_S, "verdict_section"),
+    _lazy("napari_invert.report.controls", "controls_section"),
     _lazy(_S, "definitions_section"),
     _lazy(_S, "tables_section"),
     _lazy(_S, "identification_section"),

@@ -174,7 +174,12 @@ def _support_notes(pooled: Mapping[str, dict[str, Any]]) -> list[str]:
     notes.append(
         "Pooled AUCs rank all folds' candidates on one scale (each fold has its own victim); "
         "the per-fold AUCs are listed beside them. Intervals: stratified percentile bootstrap; "
-        "p: one-sided permutation test."
+        "p: one-sided permutation test (Monte Carlo p has a floor of 1/(permutations + 1))."
+    )
+    notes.append(
+        "Untrained control under LiRA: its scores lie far outside the shadows' distribution, so its "
+        "LiRA AUC only reflects how hard the shadows find each candidate, which is exchangeable "
+        "between members and non-members: deviations from 0.5 there are sampling noise."
     )
     return notes
 

@@ -104,6 +104,7 @@ class EvaluationSummary:
     native: Any = None
     dice_baseline: list[Any] = field(default_factory=list)
     membership: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, Any] | None = None
 
     @property
     def layout(self) -> EvaluationFolder:

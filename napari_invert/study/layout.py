@@ -13,7 +13,9 @@ evaluation/report code and the napari widgets.
       data/<variant>/labels/<ID>.nii.gz      contiguous class labels on the model grid (uint8/16)
       <variant>/fold<k>/prior.nii.gz         attacker's mean image (its own attack set only)
       <variant>/fold<k>/<arch>/segmenter.{safetensors,json}, segmenter_curve.csv
+      <variant>/fold<k>/<arch>/segmenter_convergence.json   steps, stop reason, best Dice, verdict
       <variant>/fold<k>/<arch>/<tap>/decoder.{safetensors,json}, decoder_curve.csv
+      <variant>/fold<k>/<arch>/<tap>/decoder_convergence.json
       <variant>/fold<k>/<arch>/<tap>/recon/<ID>.nii.gz          model grid
       <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
       <variant>/fold<k>/<arch>/membership/membership.json, membership_subjects.csv
@@ -112,6 +114,20 @@ class StudyFolder:
 
     def decoder_curve(self, variant: str, fold: int, arch: str, tap: str) -> Path:
         return self.tap_dir(variant, fold, arch, tap) / "decoder_curve.csv"
+
+    def segmenter_convergence(self, variant: str, fold: int, arch: str) -> Path:
+        """Convergence record of the victim (JSON beside its curve)."""
+        return self.arch_dir(variant, fold, arch) / "segmenter_convergence.json"
+
+    def decoder_convergence(self, variant: str, fold: int, arch: str, tap: str) -> Path:
+        """Convergence record of an inversion decoder (JSON beside its curve)."""
+        return self.tap_dir(variant, fold, arch, tap) / "decoder_convergence.json"
+
+    def convergence_records(self) -> list[Path]:
+        """Every convergence record of the study (victims and decoders), sorted."""
+        return sorted(self.root.glob("*/fold*/*/segmenter_convergence.json")) + sorted(
+            self.root.glob("*/fold*/*/*/decoder_convergence.json")
+        )
 
     def recon(self, variant: str, fold: int, arch: str, tap: str, subject_id: str) -> Path:
         return self.tap_dir(variant, fold, arch, tap) / "recon" / f"{subject_id}.nii.gz"

@@ -275,7 +275,11 @@ class StudyRunner:
             for tap in self.config.attack.taps.get(arch, []):
                 self._attack(variant, fold, arch, tap, model, targets, attack, prepared, device)
             if self.config.membership.enabled and holdout:
-                self._membership(variant, fold, arch, model, private, holdout, attack, device)
+                # Members are the subjects the victim took gradient steps on; those it held out to
+                # judge convergence ("validated_on") are neither members nor non-members.
+                fitted = set(_fit_split(self._victim_train_config(fold), private)["fitted_on"])
+                members = [s for s in private if s.subject_id in fitted]
+                self._membership(variant, fold, arch, model, members, holdout, attack, device)
             if self.config.controls.untrained_victim:
                 control = self._untrained_segmenter(variant, fold, arch, prepared, device)
                 control_key = arch_key(arch, UNTRAINED)
@@ -304,6 +308,9 @@ class StudyRunner:
             progress=self.progress,
             on_step=self._step_callback(key),
             should_stop=self.should_stop,
+            description=f"{variant} fold {fold.fold} {arch} victim",
+            convergence_path=self.folder.segmenter_convergence(variant, fold.fold, arch),
+            record_info=_record_info(variant, fold.fold, arch, None, private),
         )
         seconds = time.perf_counter() - t0
         save_segmenter(
@@ -313,6 +320,7 @@ class StudyRunner:
                 "variant": variant,
                 "fold": fold.fold,
                 "trained_on": list(fold.private),
+                **_fit_split(train_cfg, private),
                 "label_table": prepared.label_table.to_dict(),
                 "seconds": round(seconds, 1),
             },
@@ -459,8 +467,11 @@ class StudyRunner:
                 progress=self.progress,
                 on_step=self._step_callback(key),
                 should_stop=self.should_stop,
+                description=f"{variant} fold {fold.fold} {arch} {tap} decoder",
+                convergence_path=self.folder.decoder_convergence(variant, fold.fold, arch, tap),
+                record_info=_record_info(variant, fold.fold, arch, tap, attack),
             )
-            save_decoder(stem, decoder, settings)
+            save_decoder(stem, decoder, {**settings, **_fit_split(train_cfg, attack)})
         targets = list(targets) + (list(attack) if cfg.reconstruct_attack_subjects else [])
         recons = reconstruct(tapper, decoder, [s.image for s in targets], device)
         for subject, recon in zip(targets, recons):
@@ -478,6 +489,28 @@ class StudyRunner:
                     native_affine,
                 )
         self._mark(key, seconds=round(time.perf_counter() - t0, 1), reconstructed=len(targets))
+
+
+def _record_info(variant: str, fold: int, arch: str, tap: str | None, subjects: list) -> dict[str, Any]:
+    """Where a convergence record belongs, and the ids behind its subject indices."""
+    return {
+        "variant": variant,
+        "fold": fold,
+        "arch": arch,
+        "tap": tap,
+        "subject_ids": [s.subject_id for s in subjects],
+    }
+
+
+def _fit_split(train_cfg, subjects: list) -> dict[str, list[str]]:
+    """``fitted_on`` (gradient steps) and ``validated_on`` (held out to judge convergence) ids."""
+    from napari_invert.models.validation import split_validation
+
+    split = split_validation(len(subjects), train_cfg)
+    return {
+        "fitted_on": [subjects[i].subject_id for i in split.train],
+        "validated_on": [subjects[i].subject_id for i in split.validation],
+    }
 
 
 @contextlib.contextmanager

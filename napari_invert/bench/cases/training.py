@@ -79,7 +79,8 @@ def segmenter_case(
     torch.manual_seed(seed)
     model = build_segmenter(arch, SegmenterConfig.model_validate(segmenter), n_classes=n_classes)
     config = TrainConfig.model_validate(
-        {**train, "steps": warmup + steps, "checkpoint_every": _NO_CHECKPOINT, "seed": seed}
+        {**train, "steps": warmup + steps, "checkpoint_every": _NO_CHECKPOINT, "seed": seed,
+         "validation_fraction": 0.0}  # fixed step count: no hold-out, no early stop
     )
     with torch_threads(threads):
         t0 = time.perf_counter()
@@ -137,7 +138,8 @@ def decoder_case(
     tapper = make_tapper(model, tap)
     decoder = InversionDecoder.for_tapper(tapper, torch.from_numpy(images[0])[None, None], base_filters)
     config = TrainConfig.model_validate(
-        {**train, "steps": warmup + steps, "checkpoint_every": _NO_CHECKPOINT, "seed": seed}
+        {**train, "steps": warmup + steps, "checkpoint_every": _NO_CHECKPOINT, "seed": seed,
+         "validation_fraction": 0.0}  # fixed step count: no hold-out, no early stop
     )
     with torch_threads(threads):
         t0 = time.perf_counter()
