@@ -759,8 +759,8 @@ def test_native_space_scores_true_pairs_on_the_native_grid(tmp_path: Path) -> No
     rows = _read_csv(layout.native_scores_csv)
     assert tuple(rows[0]) == NATIVE_CSV_COLUMNS and len(rows) == 24
     md = layout.table("native", "md").read_text(encoding="utf-8")
-    assert "model grid" in md and "native grid" in md and "11 mm" not in md
-    assert "22 mm on the model grid" in md  # 11-voxel window at 2 mm
+    assert "model grid" in md and "native grid" in md
+    assert "22 mm on the model grid and 11 mm on the native grid" in md  # 11-voxel window at 2 / 1 mm
     text = layout.report_html.read_text(encoding="utf-8")
     assert '<section id="native">' in text and '<a href="#native">' in text
     assert not any("not implemented" in n for n in summary.notes)

@@ -403,12 +403,14 @@ def native_table(native: NativeEvaluation) -> Table:
             crows.append([e.variant, e.arch, e.tap, m, n, mm, msd, nm, nsd, pm, psd, gm])
     vox = native.rows[0].native_voxel_mm if native.rows else ()
     model = "x".join(f"{v:g}" for v in native.model_voxel_mm)
+    model_mm = 11 * native.model_voxel_mm[0] if native.model_voxel_mm else float("nan")
+    native_mm = 11 * vox[0] if vox else float("nan")
     notes = [
         "Threat model: feature inversion. Each private reconstruction against its own original only "
         "(true pairs; no re-identification ranks on the native grid), inside the native brain mask.",
         f"Model grid {model} mm; native grid {'x'.join(f'{v:g}' for v in vox) or '?'} mm. The windowed "
-        "SSIM's 11-voxel Gaussian window spans 11 voxels on either grid, i.e. "
-        f"{11 * (native.model_voxel_mm[0] if native.model_voxel_mm else 0):.0f} mm on the model grid.",
+        f"SSIM's 11-voxel Gaussian window spans {model_mm:.0f} mm on the model grid and {native_mm:.0f} mm "
+        "on the native grid.",
         "prior: the attacker's mean image (model grid) resampled onto the subject's native grid; "
         "gain = reconstruction minus prior.",
         *native.notes,

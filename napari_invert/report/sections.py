@@ -58,9 +58,11 @@ def definitions_section(ctx: ReportContext) -> Section | None:
     )
     items = [
         *[f"<li><b>{esc(METRICS[m][0])}</b>: {esc(METRICS[m][1])}.</li>" for m in METRICS],
-        "<li>Threat model of every number on this page: <b>feature inversion</b> — the attacker reads "
-        "the victim encoder's outputs for a patient's scan and trains a decoder on its own (attack) "
-        "subjects; the reconstructed patients are the victim's training (private) subjects.</li>",
+        "<li>Threat models. <b>Feature inversion</b> (reconstructions, similarity, re-identification, "
+        "deformation, Dice, native grid): the attacker reads the victim encoder's outputs for a patient's "
+        "scan and inverts them with a decoder trained on its own (attack) subjects. <b>Training-data "
+        "leakage</b> (membership inference, its own section): what the trained weights reveal about who "
+        "trained them. Every verdict is tagged with its threat model.</li>",
         "<li>The paper's SSIM (0.73 / 0.61 for U-Net / SegNet) is the <b>global</b> masked SSIM; compare it "
         "with our 'SSIM (global, paper's)' column, not with the windowed SSIM.</li>",
         "<li>The paper's MCC is the Pearson correlation of grey levels.</li>",
