@@ -375,6 +375,11 @@ def evaluate_study(
         if dice_rows:
             baselines = compute_baselines(results, dice_rows, results.cohort.get("n_classes"))
             warnings += barely_segments_warnings(baselines)
+    from napari_invert.study.convergence import victim_segmentation_check
+
+    convergence = victim_segmentation_check(folder)  # the victims' own validation records
+    if not convergence["ok"]:
+        warnings.append(" ".join(line.strip() for line in convergence["message"].splitlines()))
 
     # -- native grid ------------------------------------------------------------------------------
     native = None
