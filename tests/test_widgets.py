@@ -22,10 +22,17 @@ import pytest
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
-
+# torch (and the LLVM inside triton, which torch loads lazily) must come before the first
+# OpenGL context: with Mesa's software renderer (llvmpipe, e.g. under Xvfb) loading a
+# second LLVM afterwards crashes the process. The napari plugin itself never imports torch
+# in the main thread before a worker needs it; this only pins the order for this module.
+pytest.importorskip("torch")
+import torch._dynamo  # noqa: F401  (loads triton now, before any viewer exists)
 from gui_helpers import fake_rank, fake_value, make_gui_study
 
 from napari_invert.study.results import StudyResults
+from napari_invert.widgets._grid import cell_titles
+from napari_invert.widgets._layers import experiment_title
 
 MANIFEST = Path(__file__).resolve().parent.parent / "napari_invert" / "napari.yaml"
 
@@ -124,11 +131,40 @@ def test_reader(study_dir: Path, tmp_path: Path) -> None:
     first = results.subject_ids[0]
     assert len(layers) == len(results.experiments()) + 1
     data, kwargs, kind = layers[-1]
-    assert kind == "image" and kwargs["name"] == f"{first} original"
+    assert kind == "image" and kwargs["name"] == f"{first} · original"
     np.testing.assert_array_equal(data, results.original("skull_stripped", first))
     assert kwargs["scale"] == pytest.approx(results.spacing)
     assert get_reader(str(tmp_path)) is None  # not a study folder
     assert get_reader([str(study_dir), str(tmp_path)]) is None
+
+
+def test_reader_claims_study_folders_and_nifti_only(study_dir: Path, tmp_path: Path) -> None:
+    """Issue 13.20: the manifest claims study folders and NIfTI files, not "*"; .nii.gz opens."""
+    import yaml
+    from npe2 import PluginManager, PluginManifest
+
+    from napari_invert.widgets._reader import get_reader
+
+    reader = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))["contributions"]["readers"][0]
+    assert sorted(reader["filename_patterns"]) == ["*.nii", "*.nii.gz"] and reader["accepts_directories"]
+    pm = PluginManager()
+    pm.register(PluginManifest.from_file(MANIFEST))
+    results = StudyResults(study_dir)
+    nii_gz = results.folder.original("skull_stripped", results.subject_ids[0])
+    png = tmp_path / "photo.png"
+    png.write_bytes(b"\x89PNG")
+    claimed = {str(p): [r.command for r in pm.iter_compatible_readers([str(p)])] for p in (nii_gz, png)}
+    assert claimed[str(nii_gz)] == ["napari-invert.get_reader"] and claimed[str(png)] == []
+
+    layers = get_reader(str(nii_gz))(str(nii_gz))
+    (data, kwargs, kind), = layers
+    assert kind == "image" and kwargs["name"] == results.subject_ids[0]
+    np.testing.assert_array_equal(data, results.original("skull_stripped", results.subject_ids[0]))
+    assert kwargs["scale"] == pytest.approx(results.spacing)
+    labels_path = results.folder.labels("skull_stripped", results.subject_ids[0])
+    (labels, _, kind), = get_reader(str(labels_path))(str(labels_path))
+    assert kind == "labels" and labels.max() >= 2
+    assert get_reader(str(png)) is None
 
 
 def test_reader_reports_a_broken_study(tmp_path: Path) -> None:
@@ -192,8 +228,37 @@ def test_plugin_widgets_share_the_study(make_napari_viewer, study_dir: Path) -> 
     tops = [study.tree.topLevelItem(i).text(0) for i in range(study.tree.topLevelItemCount())]
     assert {"Subjects (3)", "Folds (2)", "Architectures (2)", "Variants (1)"} <= set(tops)
     assert "Reconstructions (2 experiments)" in tops
-    layers = viewer.open(str(study_dir), plugin="napari-invert")
-    assert len(layers) == 3 and {lyr.ndim for lyr in layers} == {3}
+
+
+
+@pytest.mark.gui
+@needs_display
+def test_dropped_study_opens_with_the_docks(
+    make_napari_viewer, qtbot, study_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 13.20/21: a dropped study opens with Study + Compare docked (as ``napari-invert
+    view``), its layers in the Compare grid; a bad folder is reported exactly once."""
+    from napari_invert.widgets._launch import open_study_in_viewer
+    from napari_invert.widgets._state import session_for
+
+    viewer = make_napari_viewer()
+    viewer.open(str(study_dir), plugin="napari-invert")
+    session = session_for(viewer)
+    assert session.study is not None and session.study.root == study_dir
+    study_widget, compare = session.launched_docks
+    assert compare.study is session.study and study_widget.study is session.study
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view is not None, timeout=WAIT_MS)
+    assert [lyr.metadata["napari_invert"]["role"] for lyr in viewer.layers] == ["recon", "recon", "original"]
+    docks = set(viewer.window._dock_widgets)
+    viewer.open(str(study_dir), plugin="napari-invert")  # dropping it again reuses the docks
+    assert set(viewer.window._dock_widgets) == docks
+
+    broken = tmp_path / "broken"
+    shutil.copytree(study_dir, broken)
+    (broken / "splits.json").write_text("[1, 2", encoding="utf-8")
+    start = _n_records()
+    open_study_in_viewer(viewer, broken)
+    assert len(_errors_since(start)) == 1, _errors_since(start)
 
 
 @pytest.mark.gui
@@ -218,6 +283,25 @@ def test_bad_folders_show_errors_not_exceptions(make_napari_viewer, tmp_path: Pa
     start = _n_records()
     assert widget.use_cohort(tmp_path / "nope", tmp_path / "segmenter") is None
     assert _errors_since(start)
+
+
+@pytest.mark.gui
+@needs_display
+def test_use_cohort_with_empty_fields_says_what_is_missing(make_napari_viewer, qtbot) -> None:
+    """Issue 13.14: the button with empty fields shows a message; nothing raises inside Qt."""
+    from qtpy.QtCore import Qt
+
+    from napari_invert.widgets._study_widget import StudyWidget
+
+    viewer = make_napari_viewer()
+    widget = StudyWidget(viewer)
+    start = _n_records()
+    qtbot.mouseClick(widget.use_cohort_button, Qt.LeftButton)  # an exception here fails the test
+    assert "cohort folder" in widget.status.text() and "field is empty" in widget.status.text()
+    assert len(_errors_since(start)) == 1
+    widget.cohort_dir.value = "/"  # a folder, but still no checkpoint
+    qtbot.mouseClick(widget.use_cohort_button, Qt.LeftButton)
+    assert "segmenter checkpoint" in widget.status.text()
 
 
 @pytest.mark.gui
@@ -258,6 +342,10 @@ def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path)
     assert grid.enabled and grid.stride == 1 and tuple(grid.shape) == (1, len(experiments) + 1)
     # reconstructions first (experiment order), the original closes the grid
     assert [lyr.metadata["napari_invert"]["role"] for lyr in viewer.layers] == ["recon", "recon", "original"]
+    # issue 13.16: every cell is titled with what it shows
+    titles = [f"{ids[0]} · {experiment_title(e)}" for e in experiments] + [f"{ids[0]} · original"]
+    assert cell_titles(viewer) == titles
+    assert titles[0] == f"{ids[0]} · SegNet bottleneck+indices"
     compare.next_subject()
     wait_for(ids[1])
     check(1)
@@ -276,6 +364,13 @@ def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path)
     exp, sid = layer.metadata["napari_invert"]["experiment"], layer.metadata["napari_invert"]["subject"]
     path = evaluated_dir / "evaluation" / "deformation" / f"{exp.variant}_{exp.arch}_{tap_slug(exp.tap)}"
     np.testing.assert_allclose(layer.data, np.asarray(nib.load(path / f"{sid}.nii.gz").dataobj), rtol=1e-5)
+    # issue 13.15: one colour scale for the subject across the grid, with colour bars and its range in mm
+    maps = [np.asarray(lyr.data) for lyr in _managed(viewer, "deformation")]
+    top = max(float(np.percentile(m, 99.5)) for m in maps)
+    for lyr in _managed(viewer, "deformation"):
+        assert tuple(lyr.contrast_limits) == pytest.approx((0.0, top), rel=1e-5)
+        assert lyr.colorbar.visible
+    assert f"{top:.3g} mm" in compare.scale_label.text()
     compare.set_overlay("deformation", False)
 
     # similarity matrix dock: stored matrix, click on cell (0, 2)
@@ -295,8 +390,86 @@ def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path)
     np.testing.assert_array_equal(original[0].data, results.original(exp.variant, sim.columns[2]))
     assert "candidate" in original[0].name
     assert compare.metrics_text()[exp.label][f"{sim.metric} vs {sim.columns[2]}"] == f"{sim.matrix[0, 2]:.3f}"
+    assert cell_titles(viewer)[-1] == f"{sim.columns[2]} · candidate original (recon of {sim.rows[0]})"
     compare.set_subject(1)  # back to the subject view
     qtbot.waitUntil(lambda: not compare.busy and len(_managed(viewer, "recon")) == 2, timeout=WAIT_MS)
+
+
+@pytest.mark.gui
+@needs_display
+def test_matrix_click_moves_compare_and_next_continues(
+    make_napari_viewer, qtbot, evaluated_dir: Path
+) -> None:
+    """Issue 13.18/19: a click in the matrix moves Compare's subject list, highlight and status;
+    Next continues from there; the matrix dock is tabbed with Compare, not squeezed under it."""
+    from matplotlib.backend_bases import MouseEvent
+
+    from napari_invert.widgets._state import session_for
+
+    viewer = make_napari_viewer()
+    compare = _open_compare(viewer, qtbot, evaluated_dir)
+    ids = compare.study.subject_ids
+    dock = compare.show_matrix()
+    qtbot.waitUntil(lambda: not dock.busy and dock.similarity is not None, timeout=WAIT_MS)
+    qt_window = viewer.window._qt_window
+    docks = viewer.window._dock_widgets
+    assert docks["Similarity matrix"] in qt_window.tabifiedDockWidgets(docks["Compare"])
+    sim = dock.similarity
+    dock.canvas.draw()
+    x, y = dock.cell_center(2, 0)  # reconstruction of the third subject vs the first original
+    MouseEvent("button_press_event", dock.canvas, x, y, button=1)._process()
+    qtbot.waitUntil(
+        lambda: not compare.busy and compare.current_view.ref_subject == sim.columns[0], timeout=WAIT_MS
+    )
+    recon_subject = sim.rows[2]
+    assert compare.current_subject == recon_subject == ids[2]
+    assert compare.subject_list.currentRow() == 2
+    assert session_for(viewer).subject == recon_subject
+    assert recon_subject in compare.status.text() and sim.columns[0] in compare.status.text()
+    assert dock._row_marker is not None and dock._row_marker.get_y() == pytest.approx(2 - 0.5)
+    compare.next_subject()  # continues after the clicked row, wrapping around
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view.ref_subject == ids[0], timeout=WAIT_MS)
+    assert dock._row_marker.get_y() == pytest.approx(0 - 0.5)
+    assert len(_managed(viewer, "recon")) == 2  # back to the subject view
+
+
+def test_widgets_do_not_import_each_other() -> None:
+    """Issue 13.18: the matrix dock and Compare talk through the session, with no import cycle."""
+    import ast
+
+    folder = MANIFEST.parent / "widgets"
+
+    def imported(name: str) -> set[str]:
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        return {
+            node.module.rsplit(".", 1)[-1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+
+    assert "_compare_widget" not in imported("_matrix_dock")
+    assert "_attack_widget" not in imported("_compare_widget")
+    assert "_compare_widget" not in imported("_attack_widget")
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in folder.glob("*.py")}
+    assert max(sizes.values()) <= 640, sizes
+
+
+@pytest.mark.gui
+@needs_display
+def test_matrix_of_40_subjects_is_labelled(make_napari_viewer, evaluated_dir: Path) -> None:
+    """Issue 13.19: a 40x40 matrix shows every subject's label on both axes."""
+    from napari_invert.widgets._matrix_dock import SimilarityMatrixWidget
+    from napari_invert.widgets._study_data import SimilarityMatrix
+
+    viewer = make_napari_viewer()
+    dock = SimilarityMatrixWidget(viewer)
+    ids = tuple(f"S{i:02d}" for i in range(1, 41))
+    matrix = np.random.default_rng(0).uniform(size=(40, 40))
+    experiment = StudyResults(evaluated_dir).experiments()[0]
+    dock._show(experiment, SimilarityMatrix(matrix, ids, ids, "correlation", "test"), None)
+    dock.canvas.draw()
+    assert [t.get_text() for t in dock.axes.get_xticklabels()] == list(ids)
+    assert [t.get_text() for t in dock.axes.get_yticklabels()] == list(ids)
 
 
 @pytest.mark.gui
@@ -316,9 +489,9 @@ def test_compare_unevaluated_study_and_overlays(make_napari_viewer, qtbot, study
     assert float(table[view.cells[0].experiment.label]["correlation"]) == pytest.approx(r, abs=1e-3)
     assert -1.0 <= float(table[view.cells[0].experiment.label]["ssim"]) <= 1.0
 
+    # issue 13.22: the config turns deformation off, yet a registration can be computed here
     box = compare.overlay_boxes["deformation"]
-    assert not box.isEnabled() and "no deformation results" in box.toolTip()
-    assert "no deformation results" in compare.deformation_note.text()
+    assert box.isEnabled() and "on demand" in compare.deformation_note.text()
 
     compare.set_overlay("ssim", True)
     qtbot.waitUntil(lambda: len(_managed(viewer, "ssim")) == n_exp, timeout=WAIT_MS)

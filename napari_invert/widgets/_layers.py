@@ -56,6 +56,15 @@ def image_layer(
     return (data, kwargs, "image")
 
 
+ARCH_NAMES: dict[str, str] = {"unet": "U-Net", "segnet": "SegNet"}
+
+
+def experiment_title(experiment: Experiment) -> str:
+    """What a reconstruction cell shows: ``U-Net bottleneck+skips`` (``· plugin``)."""
+    title = f"{ARCH_NAMES.get(experiment.arch, experiment.arch)} {experiment.tap}"
+    return title + (" · plugin" if getattr(experiment, "study_experiment", None) is not None else "")
+
+
 def original_layer(
     data: np.ndarray,
     subject: str,
@@ -63,7 +72,9 @@ def original_layer(
     contrast: tuple[float, float],
     note: str = "original",
 ) -> LayerData:
-    return image_layer(data, f"{subject} {note}", spacing, contrast, {"role": "original", "subject": subject})
+    """The original; its name (``S01 · original``) is also its grid cell's title."""
+    meta = {"role": "original", "subject": subject}
+    return image_layer(data, f"{subject} · {note}", spacing, contrast, meta)
 
 
 def recon_layer(
@@ -74,8 +85,9 @@ def recon_layer(
     contrast: tuple[float, float],
     slot: int,
 ) -> LayerData:
+    """A reconstruction; its name (``S01 · U-Net bottleneck+skips``) titles its grid cell."""
     meta = {"role": "recon", "subject": subject, "experiment": experiment, "slot": slot}
-    return image_layer(data, f"{subject} {experiment.label}", spacing, contrast, meta)
+    return image_layer(data, f"{subject} · {experiment_title(experiment)}", spacing, contrast, meta)
 
 
 def overlay_layer(
@@ -85,21 +97,37 @@ def overlay_layer(
     subject: str,
     spacing: tuple[float, float, float],
     slot: int,
+    contrast: tuple[float, float] | None = None,
 ) -> LayerData:
-    """An overlay map (SSIM, |difference|, deformation) drawn on top of its reconstruction."""
-    if kind == "ssim":
-        contrast = (0.0, 1.0)
-    else:
-        hi = float(np.nanpercentile(data, 99.5)) if data.size else 1.0
-        contrast = (0.0, hi if np.isfinite(hi) and hi > 0 else 1.0)
+    """An overlay map (SSIM, |difference|, deformation) drawn on top of its reconstruction.
+
+    ``contrast``: the colour scale (one per subject and kind across the grid); default:
+    0 to the map's own 99.5th percentile (SSIM: 0 to 1).
+    """
+    if contrast is None:
+        if kind == "ssim":
+            contrast = (0.0, 1.0)
+        else:
+            hi = float(np.nanpercentile(data, 99.5)) if data.size else 1.0
+            contrast = (0.0, hi if np.isfinite(hi) and hi > 0 else 1.0)
     kwargs = {
-        "name": f"{subject} {experiment.label} · {OVERLAY_TITLES[kind]}",
+        "name": f"{OVERLAY_TITLES[kind]} · {experiment_title(experiment)}",
         "scale": tuple(float(s) for s in spacing),
         "contrast_limits": contrast,
         "metadata": {META_KEY: {"role": kind, "subject": subject, "experiment": experiment, "slot": slot}},
         **_OVERLAY_STYLE[kind],
     }
     return (data, kwargs, "image")
+
+
+def placeholder_layer(kind: str, experiment: Experiment, subject: str, slot: int) -> LayerData:
+    """An overlay whose map is still being computed: its existing layer stays, hidden."""
+    meta = {"role": kind, "subject": subject, "experiment": experiment, "slot": slot, "waiting": True}
+    kwargs = {
+        "name": f"{OVERLAY_TITLES[kind]} · {experiment_title(experiment)} (computing)",
+        "metadata": {META_KEY: meta},
+    }
+    return (None, kwargs, "image")  # type: ignore[return-value]
 
 
 def layer_key(meta: dict[str, Any]) -> tuple[str, int]:
