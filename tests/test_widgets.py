@@ -31,8 +31,6 @@ import torch._dynamo  # noqa: F401  (loads triton now, before any viewer exists)
 from gui_helpers import fake_rank, fake_value, make_gui_study
 
 from napari_invert.study.results import StudyResults
-from napari_invert.widgets._grid import cell_titles
-from napari_invert.widgets._layers import experiment_title
 
 MANIFEST = Path(__file__).resolve().parent.parent / "napari_invert" / "napari.yaml"
 
@@ -70,7 +68,7 @@ def evaluated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trainable_dir(tmp_path: Path) -> Path:
     """A study with (untrained) segmenter checkpoints, for the Attack widget."""
     pytest.importorskip("torch")
-    return make_gui_study(tmp_path / "study", with_segmenters=True)
+    return make_gui_study(tmp_path / "study", with_segmenters=True, evaluated=True)
 
 
 def _errors_since(start: int) -> list[str]:
@@ -94,6 +92,18 @@ def _managed(viewer, role: str | None = None) -> list:
 
     out = [lyr for lyr in viewer.layers if META_KEY in lyr.metadata]
     return [lyr for lyr in out if role is None or lyr.metadata[META_KEY]["role"] == role]
+
+
+def cell_titles(viewer) -> list[str]:
+    from napari_invert.widgets._grid import cell_titles as titles
+
+    return titles(viewer)
+
+
+def experiment_title(experiment) -> str:
+    from napari_invert.widgets._layers import experiment_title as title
+
+    return title(experiment)
 
 
 def _open_compare(viewer, qtbot, folder: Path):
@@ -533,35 +543,55 @@ def test_compare_unevaluated_study_and_overlays(make_napari_viewer, qtbot, study
 
 @pytest.mark.gui
 @needs_display
-def test_deformation_computed_on_demand_and_cached(
-    make_napari_viewer, qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_deformation_on_demand_progress_cancel_and_in_place_navigation(
+    make_napari_viewer, qtbot, tmp_path: Path
 ) -> None:
-    """A study whose config asks for deformation: maps come from ANTs via the core, cached on disk."""
-    import napari_invert.widgets._compare_widget as cw
-
-    calls: list[tuple] = []
-    real = cw.deformation_magnitude
-
-    def counting(original, recon, mask, spacing, preset="fast"):
-        calls.append((original.shape, tuple(spacing), preset))
-        return real(original, recon, mask, spacing, preset)
-
-    monkeypatch.setattr(cw, "deformation_magnitude", counting)  # counts calls; computes for real
-    folder = make_gui_study(tmp_path / "study", deformation=True)
+    """Issue 13.17/22: deformation is offered although the config turns it off; it runs off the
+    main thread (ANTs in a separate process) with a count, progress and Cancel; maps are cached
+    on disk; navigating with overlays on updates the same layers in place."""
+    folder = make_gui_study(tmp_path / "study", deformation=False)
+    cache_dir = folder / "evaluation" / "cache" / "deformation"
     viewer = make_napari_viewer()
     compare = _open_compare(viewer, qtbot, folder)
     assert compare.overlay_boxes["deformation"].isEnabled()
+
+    compare.set_overlay("deformation", True)  # 2 pairs (one per reconstruction), then Cancel
+    assert compare.overlay_cancel.isEnabled() and compare.overlay_progress.maximum() == 2
+    compare.cancel_overlays()
+    qtbot.waitUntil(lambda: not compare.busy, timeout=WAIT_MS)
+    assert "Cancelled after" in compare.status.text() and "/2 maps" in compare.status.text()
+    assert not compare.overlay_boxes["deformation"].isChecked() and not compare.overlay_cancel.isEnabled()
+    assert _managed(viewer, "deformation") == []
+    n_cached = len(list(cache_dir.glob("*.nii.gz"))) if cache_dir.is_dir() else 0
+    assert n_cached <= 1  # at most the pair that was running
+
     compare.set_overlay("deformation", True)
     qtbot.waitUntil(lambda: len(_managed(viewer, "deformation")) == 2, timeout=WAIT_MS)
-    assert len(calls) == 2 and calls[0][2] == "fast"
+    assert compare.overlay_progress.value() == compare.overlay_progress.maximum() == 2 - n_cached
+    limits = {tuple(lyr.contrast_limits) for lyr in _managed(viewer, "deformation")}
+    assert len(limits) == 1 and "mm" in compare.scale_label.text()
     for layer in _managed(viewer, "deformation"):  # |displacement| in mm: finite, >= 0, not all 0
         data = np.asarray(layer.data)
         assert np.isfinite(data).all() and data.min() >= 0 and data.max() > 0
-    assert len(list((folder / "evaluation" / "cache" / "deformation").glob("*.nii.gz"))) == 2
-    compare.set_overlay("deformation", False)  # off and on again: from the memory cache
+    assert len(list(cache_dir.glob("*.nii.gz"))) == 2
+    compare.set_overlay("deformation", False)
     assert _managed(viewer, "deformation") == []
-    compare.set_overlay("deformation", True)
-    assert len(_managed(viewer, "deformation")) == 2 and len(calls) == 2
+
+    compare.set_overlay("diff", True)
+    qtbot.waitUntil(lambda: len(_managed(viewer, "diff")) == 2, timeout=WAIT_MS)
+    layers = list(viewer.layers)
+    compare.next_subject()
+    qtbot.waitUntil(
+        lambda: (
+            not compare.busy
+            and all(lyr.visible for lyr in _managed(viewer, "diff"))
+            and _managed(viewer, "diff")[0].metadata["napari_invert"]["subject"] == compare.current_subject
+        ),
+        timeout=WAIT_MS,
+    )
+    assert list(viewer.layers) == layers  # the same layer objects, in the same order: data set in place
+    view = compare.current_view
+    np.testing.assert_allclose(_managed(viewer, "diff")[0].data, np.abs(view.recons[0] - view.reference))
 
 
 def _cell_spreads(image: np.ndarray, shape: tuple[int, int]) -> list[float]:
@@ -607,28 +637,38 @@ def test_grid_screenshot_and_shortcuts(make_napari_viewer, qtbot, evaluated_dir:
 
 
 # -- attack ---------------------------------------------------------------------------------
+def _study_files(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
 @pytest.mark.gui
 @needs_display
-def test_attack_training_cancel_and_train(make_napari_viewer, qtbot, trainable_dir: Path) -> None:
+def test_attack_training_keeps_the_study_consistent(make_napari_viewer, qtbot, trainable_dir: Path) -> None:
+    """Issue 13.4/19: a plugin-trained decoder, its curve and its reconstructions are saved under
+    ``<tap>/plugin/``; the study's files are untouched; a cancelled run writes no curve; the
+    reconstructions join the Compare grid (no loose layers), labelled, with their own scores."""
     from napari_invert.checkpoint import checkpoint_exists
+    from napari_invert.metrics.correlation import pearson_correlation
     from napari_invert.widgets._attack_widget import AttackWidget
-    from napari_invert.widgets._state import open_study, session_for
+    from napari_invert.widgets._layers import META_KEY
+    from napari_invert.widgets._plugin_results import PluginExperiment
 
     viewer = make_napari_viewer()
+    compare = _open_compare(viewer, qtbot, trainable_dir)
     attack = AttackWidget(viewer)
     viewer.window.add_dock_widget(attack, name="Attack")
-    results, config = open_study(trainable_dir)
-    session_for(viewer).set_study(results, config)
+    results = compare.study
+    folder, ids = results.folder, results.subject_ids
     assert attack.train_button.isEnabled()
     fold0 = results.splits["folds"][0]
     assert attack.attack_ids() == fold0["attack"]  # the attacker's own data only
+    variant, arch, tap = "skull_stripped", attack.arch_combo.currentText(), attack.tap_combo.currentText()
     stem = attack.decoder_stem()
-    assert (
-        stem == results.folder.decoder_stem("skull_stripped", 0, "segnet", "bottleneck+indices")
-        or stem.name == "decoder"
-    )
+    assert stem == folder.plugin_decoder_stem(variant, 0, arch, tap)
+    curve = folder.plugin_decoder_curve(variant, 0, arch, tap)
+    before = _study_files(trainable_dir)
 
-    # a long training, cancelled after its first steps
+    # a long training, cancelled after its first steps: nothing saved, no curve anywhere
     attack.steps.setValue(100_000)
     attack.batch_size.setValue(1)
     attack.base_filters.setValue(2)
@@ -640,18 +680,44 @@ def test_attack_training_cancel_and_train(make_napari_viewer, qtbot, trainable_d
     qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
     outcome = attack.last_outcome
     assert outcome is not None and outcome.cancelled and 2 <= outcome.steps_done < 100_000
-    assert not checkpoint_exists(stem)  # nothing saved as "the" decoder
+    assert not checkpoint_exists(stem) and not curve.exists()
+    study_curve = folder.decoder_curve(variant, 0, arch, tap)
+    assert study_curve.read_bytes() == before[study_curve]  # the study's own curve is untouched
     assert "Cancelled" in attack.status.text() and attack.train_button.isEnabled()
 
-    # a short training runs to the end, saves the decoder and shows the private subjects
+    # a short training runs to the end: decoder, curve and reconstructions under plugin/
     attack.steps.setValue(3)
-    n_layers = len(viewer.layers)
     assert attack.start_training()
     qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
     outcome = attack.last_outcome
     assert not outcome.cancelled and outcome.saved is not None, attack.status.text()
-    assert checkpoint_exists(stem)
-    assert len(viewer.layers) == n_layers + len(fold0["private"])
+    assert checkpoint_exists(stem) and len(curve.read_text(encoding="utf-8").splitlines()) == 1 + 3
+    for sid in fold0["private"]:
+        assert folder.plugin_recon(variant, 0, arch, tap, sid).is_file()
+    after = _study_files(trainable_dir)
+    assert all(after[p] == data for p, data in before.items())  # the study's files are unchanged
+    assert all("plugin" in p.relative_to(trainable_dir).parts for p in set(after) - set(before))
+    assert not checkpoint_exists(folder.decoder_stem(variant, 0, arch, tap))
+
+    # Compare shows them as a labelled experiment with scores of their own (never the study's)
+    plugin = PluginExperiment(variant, arch, tap)
+    assert "plugin decoder" in plugin.label
+    assert plugin in compare.selected_experiments()
+    compare.set_subject(ids.index(fold0["private"][0]))
+    qtbot.waitUntil(
+        lambda: not compare.busy and any(c.experiment == plugin for c in compare.current_view.cells),
+        timeout=WAIT_MS,
+    )
+    assert all(META_KEY in lyr.metadata for lyr in viewer.layers)  # no loose layers
+    roles = [lyr.metadata[META_KEY]["role"] for lyr in viewer.layers]
+    assert roles[-1] == "original" and roles.count("recon") == len(compare.selected_experiments())
+    view = compare.current_view
+    cell = next(i for i, c in enumerate(view.cells) if c.experiment == plugin)
+    r = pearson_correlation(view.recons[cell], view.reference, mask=view.mask)
+    assert float(compare.metrics_text()[plugin.label]["correlation"]) == pytest.approx(r, abs=1e-3)
+    assert "computed on demand" in compare.metrics_title.text()
+    assert any("plugin" in t for t in cell_titles(viewer))
+
     # refusing to overwrite without the tick box
     start = _n_records()
     assert not attack.start_training()
@@ -660,7 +726,7 @@ def test_attack_training_cancel_and_train(make_napari_viewer, qtbot, trainable_d
     assert attack.load_decoder()
     qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
     assert set(attack.last_outcome.recons) == set(fold0["private"])
-    assert len(viewer.layers) == n_layers + 2 * len(fold0["private"])
+    assert all(META_KEY in lyr.metadata for lyr in viewer.layers)
     # a bad decoder file: a message in the viewer, nothing raised into Qt
     bad = trainable_dir / "not_a_decoder.json"
     bad.write_text("{}", encoding="utf-8")
@@ -673,12 +739,31 @@ def test_attack_training_cancel_and_train(make_napari_viewer, qtbot, trainable_d
 
 @pytest.mark.gui
 @needs_display
+def test_attack_dock_from_the_plugins_menu_shows_train_and_progress(make_napari_viewer, qtbot) -> None:
+    """Issue 13.19: opened beside the other docks, Train, Cancel and the progress bar are visible."""
+    from napari_invert.widgets._attack_ui import MIN_HEIGHT
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.add_plugin_dock_widget("napari-invert", "Study")
+    viewer.window.add_plugin_dock_widget("napari-invert", "Compare")
+    _, attack = viewer.window.add_plugin_dock_widget("napari-invert", "Attack")
+    qtbot.wait(200)
+    assert attack.height() >= MIN_HEIGHT
+    for widget in (attack.train_button, attack.cancel_button, attack.progress):
+        assert widget.isVisible() and not widget.visibleRegion().isEmpty(), widget
+
+
+@pytest.mark.gui
+@needs_display
 def test_attack_on_a_cohort_with_a_segmenter(
     make_napari_viewer, qtbot, trainable_dir: Path, tmp_path: Path
 ) -> None:
     """Cohort + checkpoint mode: the cohort is preprocessed for the segmenter, the decoder is
-    saved next to the checkpoint."""
-    from napari_invert.checkpoint import checkpoint_exists
+    saved next to the checkpoint. Issue 13.5: the attack set defaults to the subjects the
+    segmenter was not trained on, and an overlap with ``trained_on`` is refused."""
+    from qtpy.QtCore import Qt
+
+    from napari_invert.checkpoint import checkpoint_exists, load_checkpoint
     from napari_invert.data.nifti import save_nifti
     from napari_invert.widgets._attack_widget import AttackWidget
     from napari_invert.widgets._study_widget import StudyWidget
@@ -692,24 +777,32 @@ def test_attack_on_a_cohort_with_a_segmenter(
         mask = results.mask("skull_stripped", sid).astype(np.uint8)
         save_nifti(cohort / "masks" / f"{sid}.nii.gz", mask, results.affine)
     segmenter = results.folder.segmenter_stem("skull_stripped", 0, "unet")
+    trained_on = load_checkpoint(segmenter, device="cpu")[1]["trained_on"]
+    assert trained_on == results.splits["folds"][0]["private"]
     viewer = make_napari_viewer()
     study, attack = StudyWidget(viewer), AttackWidget(viewer)
     assert study.use_cohort(cohort, segmenter.with_suffix(".json")) is not None
-    assert attack.arch_combo.currentText() == "unet" and attack.attack_ids() == results.subject_ids
+    assert attack.arch_combo.currentText() == "unet"
+    assert attack.attack_ids() == [s for s in results.subject_ids if s not in trained_on]
+    assert attack.private_ids() == trained_on
     assert attack.tap_combo.currentText() in ("bottleneck", "bottleneck+skips")
     attack.steps.setValue(2)
     attack.batch_size.setValue(1)
     attack.base_filters.setValue(2)
     attack.device_combo.setCurrentText("cpu")
-    for i in range(1, attack.attack_list.count()):  # keep one subject out to reconstruct it
-        attack.attack_list.item(i).setCheckState(0)
+    victim_row = results.subject_ids.index(trained_on[0])
+    attack.attack_list.item(victim_row).setCheckState(Qt.Checked)  # a training subject: refused
+    start = _n_records()
+    assert not attack.start_training() and not attack.running
+    assert "trained_on" in attack.status.text() and trained_on[0] in attack.status.text()
+    assert _errors_since(start)
+    attack.attack_list.item(victim_row).setCheckState(Qt.Unchecked)
     assert attack.start_training(), attack.status.text()
     qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
     outcome = attack.last_outcome
     assert outcome is not None and outcome.saved is not None, attack.status.text()
     assert checkpoint_exists(attack.decoder_stem()) and attack.decoder_stem().parent == segmenter.parent
-    victims = set(results.splits["folds"][0]["private"]) - {results.subject_ids[0]}  # meta "trained_on"
-    assert set(outcome.recons) == (victims or set(results.subject_ids[1:]))
+    assert set(outcome.recons) == set(trained_on)
 
 
 def test_stored_similarity_metrics_do_not_mix_taps(tmp_path: Path) -> None:

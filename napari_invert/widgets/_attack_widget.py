@@ -22,24 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import FileEdit
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QListWidget,
     QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -56,6 +42,7 @@ from napari_invert.widgets._attack_jobs import (
     reconstruct_job,
     train_decoder_job,
 )
+from napari_invert.widgets._attack_ui import build_attack_ui
 from napari_invert.widgets._plugin_results import PluginExperiment
 from napari_invert.widgets._state import CohortSession, session_for
 from napari_invert.widgets._study_data import (
@@ -64,23 +51,16 @@ from napari_invert.widgets._study_data import (
     folds_of,
     segmenter_available,
 )
-from napari_invert.widgets._study_widget import scrolled, unwrap_viewer
+from napari_invert.widgets._study_widget import unwrap_viewer
 from napari_invert.widgets._workers import (
     CancelToken,
     ProgressRelay,
     describe_error,
-    guard,
-    guard_slot,
     start_worker,
 )
 
 if TYPE_CHECKING:
     import napari
-
-LOSSES = ("mse", "l1", "mse+ssim")
-#: Smallest height of the dock: the settings scroll, Train/Cancel/progress stay visible.
-MIN_HEIGHT = 340
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class AttackWidget(QWidget):
@@ -108,106 +88,7 @@ class AttackWidget(QWidget):
 
     # -- UI ------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        self.source_label = QLabel("Open a study (or a cohort + segmenter) in the Study widget.")
-        self.source_label.setWordWrap(True)
-        self.variant_combo = QComboBox()
-        self.fold_combo = QComboBox()
-        self.arch_combo = QComboBox()
-        self.tap_combo = QComboBox()
-        for combo in (self.variant_combo, self.fold_combo):
-            combo.currentIndexChanged.connect(guard(self._on_selection_changed, "selection"))
-        self.arch_combo.currentIndexChanged.connect(guard(self._on_arch_changed, "selection"))
-        self.tap_combo.currentIndexChanged.connect(guard(self._update_state, "selection"))
-        self.segmenter_label = QLabel("")
-        self.segmenter_label.setWordWrap(True)
-
-        self.attack_list = QListWidget()
-        self.attack_list.setSelectionMode(QAbstractItemView.NoSelection)
-        self.attack_list.setMaximumHeight(120)
-        self.attack_list.setToolTip(
-            "The attacker's own images: the fold's attack set (never a private subject)"
-        )
-
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 1_000_000)
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 64)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.base_filters = QSpinBox()
-        self.base_filters.setRange(1, 256)
-        self.loss_combo = QComboBox()
-        self.loss_combo.addItems(LOSSES)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        self.replace_box = QCheckBox("Replace an existing decoder")
-        self.replace_box.toggled.connect(guard(self._update_state, "selection"))
-        self.reconstruct_box = QCheckBox("Reconstruct the fold's private subjects afterwards")
-        self.reconstruct_box.setChecked(True)
-        self._set_training_defaults(AttackConfig())
-
-        self.train_button = QPushButton("Train decoder")
-        self.cancel_button = QPushButton("Cancel")
-        self.train_button.clicked.connect(guard_slot(self.start_training, "training"))
-        self.cancel_button.clicked.connect(guard_slot(self.cancel, "cancel"))
-        self.decoder_file = FileEdit(mode="r", filter="*.safetensors *.json", label="Decoder")
-        self.load_button = QPushButton("Load decoder + reconstruct")
-        self.load_button.clicked.connect(guard_slot(self.load_decoder, "loading the decoder"))
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m steps")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
-        target = QFormLayout()
-        target.addRow("Variant", self.variant_combo)
-        target.addRow("Fold", self.fold_combo)
-        target.addRow("Architecture", self.arch_combo)
-        target.addRow("Tap (attacker reads)", self.tap_combo)
-        target.addRow(self.segmenter_label)
-        target_box = QGroupBox("Victim")
-        target_box.setLayout(target)
-
-        train = QFormLayout()
-        train.addRow("Attack set", self.attack_list)
-        train.addRow("Steps", self.steps)
-        train.addRow("Batch size", self.batch_size)
-        train.addRow("Learning rate", self.lr)
-        train.addRow("Decoder base filters", self.base_filters)
-        train.addRow("Loss", self.loss_combo)
-        train.addRow("Device", self.device_combo)
-        train.addRow(self.replace_box)
-        train.addRow(self.reconstruct_box)
-        train_box = QGroupBox("Inversion decoder training")
-        train_box.setLayout(train)
-
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.cancel_button)
-        load_box = QGroupBox("…or load a trained decoder")
-        load_layout = QVBoxLayout(load_box)
-        load_layout.addWidget(self.decoder_file.native)
-        load_layout.addWidget(self.load_button)
-
-        # the settings scroll; Train, Cancel, the progress bar and the status stay visible below
-        page = scrolled(self)
-        layout = QVBoxLayout(page)
-        layout.addWidget(self.source_label)
-        layout.addWidget(target_box)
-        layout.addWidget(train_box)
-        layout.addWidget(load_box)
-        layout.addStretch(1)
-        footer = QWidget()
-        footer_layout = QVBoxLayout(footer)
-        footer_layout.setContentsMargins(6, 2, 6, 6)
-        footer_layout.addLayout(buttons)
-        footer_layout.addWidget(self.progress)
-        footer_layout.addWidget(self.status)
-        self.layout().addWidget(footer)
-        self.setMinimumHeight(MIN_HEIGHT)
+        build_attack_ui(self)
         self._update_state()
 
     def _set_training_defaults(self, attack: AttackConfig) -> None:
