@@ -353,9 +353,8 @@ def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path)
     # reconstructions first (experiment order), the original closes the grid
     assert [lyr.metadata["napari_invert"]["role"] for lyr in viewer.layers] == ["recon", "recon", "original"]
     # issue 13.16: every cell is titled with what it shows
-    titles = [f"{ids[0]} · {experiment_title(e)}" for e in experiments] + [f"{ids[0]} · original"]
-    assert cell_titles(viewer) == titles
-    assert titles[0] == f"{ids[0]} · SegNet bottleneck+indices"
+    titles = [experiment_title(e) for e in experiments] + [f"{ids[0]} · original"]
+    assert cell_titles(viewer) == titles and titles[0] == "SegNet bottleneck+indices"
     compare.next_subject()
     wait_for(ids[1])
     check(1)
@@ -381,6 +380,8 @@ def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path)
         assert tuple(lyr.contrast_limits) == pytest.approx((0.0, top), rel=1e-5)
         assert lyr.colorbar.visible
     assert f"{top:.3g} mm" in compare.scale_label.text()
+    # no layer name is elided in the layer list
+    assert all(len(lyr.name) <= 26 for lyr in viewer.layers), [lyr.name for lyr in viewer.layers]
     compare.set_overlay("deformation", False)
 
     # similarity matrix dock: stored matrix, click on cell (0, 2)
@@ -400,7 +401,10 @@ def test_compare_evaluated_study(make_napari_viewer, qtbot, evaluated_dir: Path)
     np.testing.assert_array_equal(original[0].data, results.original(exp.variant, sim.columns[2]))
     assert "candidate" in original[0].name
     assert compare.metrics_text()[exp.label][f"{sim.metric} vs {sim.columns[2]}"] == f"{sim.matrix[0, 2]:.3f}"
-    assert cell_titles(viewer)[-1] == f"{sim.columns[2]} · candidate original (recon of {sim.rows[0]})"
+    assert cell_titles(viewer) == [
+        f"{sim.rows[0]} · {experiment_title(exp)}",
+        f"{sim.columns[2]} · candidate for {sim.rows[0]}",
+    ]
     compare.set_subject(1)  # back to the subject view
     qtbot.waitUntil(lambda: not compare.busy and len(_managed(viewer, "recon")) == 2, timeout=WAIT_MS)
 

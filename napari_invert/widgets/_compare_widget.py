@@ -569,7 +569,7 @@ class CompareWidget(QWidget):
         if self._pair is not None:
             p = self._pair
             same = p.recon_subject == p.candidate
-            note = "original (true match)" if same else f"candidate original (recon of {p.recon_subject})"
+            note = "true original" if same else f"candidate for {p.recon_subject}"
         layers, stride, self.scales = grid_layers(
             view, study.spacing, self.active_overlays(), self._cache, managed_layers(self._viewer), note
         )

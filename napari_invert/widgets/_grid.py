@@ -33,7 +33,7 @@ COLORBAR_POSITION: dict[str, str] = {
     "diff": "bottom_right",
     "deformation": "top_right",
 }
-TITLE_FONT_SIZE = 11
+TITLE_FONT_SIZE = 10
 
 
 def grid_shape(n_cells: int) -> tuple[int, int]:
@@ -80,7 +80,8 @@ def grid_layers(
     layers: list[LayerData] = []
     for slot, (cell, recon) in enumerate(zip(view.cells, view.recons)):
         exp, subject = cell.experiment, cell.recon_subject
-        layers.append(recon_layer(recon, exp, subject, spacing, contrast, slot))
+        other = subject != view.ref_subject  # a pair from the matrix: say whose reconstruction
+        layers.append(recon_layer(recon, exp, subject, spacing, contrast, slot, show_subject=other))
         for kind in active:
             if kind in ready:
                 data = cache.get(overlay_key(kind, cell))
