@@ -86,6 +86,7 @@ class CompareWidget(QWidget):
         self._viewer = unwrap_viewer(viewer)
         self._session = session_for(self._viewer)
         self._session.compare_docked = True
+        self.destroyed.connect(lambda *_a, s=self._session: setattr(s, "compare_docked", False))
         self._study: StudyResults | None = None
         self._config: StudyConfig | None = None
         self._table: MetricsTable | None = None

@@ -31,7 +31,7 @@ from napari_invert.widgets._study_data import (
     sort_metrics,
     stored_similarity_metrics,
 )
-from napari_invert.widgets._workers import describe_error, start_worker
+from napari_invert.widgets._workers import describe_error, guard, start_worker
 
 #: Above this many subjects the tick labels get smaller (every subject stays labelled).
 SMALL_LABELS_FROM = 16
@@ -73,8 +73,8 @@ class SimilarityMatrixWidget(QWidget):
 
         self.experiment_combo = QComboBox()
         self.metric_combo = QComboBox()
-        self.experiment_combo.currentIndexChanged.connect(self._on_experiment_changed)
-        self.metric_combo.currentTextChanged.connect(lambda _t: self.reload())
+        self.experiment_combo.currentIndexChanged.connect(guard(self._on_experiment_changed, "matrix"))
+        self.metric_combo.currentTextChanged.connect(guard(lambda _t: self.reload(), "matrix"))
         self.figure = Figure(figsize=(5, 5), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumSize(300, 300)
