@@ -48,7 +48,7 @@ def _dismiss_notifications(viewer) -> None:  # type: ignore[no-untyped-def]
 def _show_compare_tab(viewer) -> None:  # type: ignore[no-untyped-def]
     """The matrix dock is tabbed with Compare: bring the Compare tab to the front."""
     with contextlib.suppress(AttributeError, KeyError):  # private API: best effort only
-        viewer.window._dock_widgets["Compare"].raise_()
+        viewer.window.dock_widgets["Compare"].parent().raise_()
 
 
 def build_demo_study(root: Path) -> Path:

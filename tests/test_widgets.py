@@ -259,9 +259,9 @@ def test_dropped_study_opens_with_the_docks(
     assert compare.study is session.study and study_widget.study is session.study
     qtbot.waitUntil(lambda: not compare.busy and compare.current_view is not None, timeout=WAIT_MS)
     assert [lyr.metadata["napari_invert"]["role"] for lyr in viewer.layers] == ["recon", "recon", "original"]
-    docks = set(viewer.window._dock_widgets)
+    docks = set(viewer.window.dock_widgets)
     viewer.open(str(study_dir), plugin="napari-invert")  # dropping it again reuses the docks
-    assert set(viewer.window._dock_widgets) == docks
+    assert set(viewer.window.dock_widgets) == docks
 
     broken = tmp_path / "broken"
     shutil.copytree(study_dir, broken)
@@ -426,7 +426,7 @@ def test_matrix_click_moves_compare_and_next_continues(
     dock = compare.show_matrix()
     qtbot.waitUntil(lambda: not dock.busy and dock.similarity is not None, timeout=WAIT_MS)
     qt_window = viewer.window._qt_window
-    docks = viewer.window._dock_widgets
+    docks = {name: widget.parent() for name, widget in viewer.window.dock_widgets.items()}
     assert docks["Similarity matrix"] in qt_window.tabifiedDockWidgets(docks["Compare"])
     sim = dock.similarity
     dock.canvas.draw()
