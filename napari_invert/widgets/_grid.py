@@ -14,6 +14,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from napari_invert.widgets._core_api import SubjectView
 from napari_invert.widgets._layers import (
     META_KEY,
@@ -97,38 +99,62 @@ def managed_layers(viewer: Any) -> list[Any]:
     return [lyr for lyr in viewer.layers if META_KEY in lyr.metadata]
 
 
+def _set(layer: Any, name: str, value: Any) -> None:
+    """Set a layer property only when it changes (every change redraws the canvas)."""
+    current = getattr(layer, name)
+    same = np.array_equal(np.asarray(current), np.asarray(value)) if name != "name" else current == value
+    if not same:
+        setattr(layer, name, value)
+
+
+def _rename(viewer: Any, layer: Any, name: str) -> None:
+    """Give ``layer`` its name, first moving aside another layer that holds it."""
+    if layer.name == name:
+        return
+    for other in viewer.layers:
+        if other is not layer and other.name == name:
+            other.name = f"{name} ({id(other)})"
+    layer.name = name
+
+
 def apply_layers(viewer: Any, desired: list[LayerData]) -> list[Any]:
-    """Make the viewer's managed layers match ``desired`` (in grid order); returns them."""
+    """Make the viewer's managed layers match ``desired`` (in grid order); returns them.
+
+    A layer of the same role and slot is reused (its data set in place); properties are
+    only set when they change, so navigating redraws once per layer, not once per property.
+    """
     layers = viewer.layers
     managed = {layer_key(lyr.metadata[META_KEY]): lyr for lyr in managed_layers(viewer)}
-    for i, layer in enumerate(managed.values()):  # free the names first (napari keeps them unique)
-        layer.name = f"napari-invert slot {i} {id(layer)}"
-    ordered = []
+    ordered, names = [], []
     for data, kwargs, _ in desired:
         key = layer_key(kwargs["metadata"][META_KEY])
+        name = kwargs["name"]
         layer = managed.pop(key, None)
         if data is None:  # placeholder: keep the existing layer, hidden, until its data arrives
             if layer is not None:
-                layer.visible = False
+                _set(layer, "visible", False)
                 layer.metadata = kwargs["metadata"]
-                layer.name = kwargs["name"]
                 ordered.append(layer)
+                names.append(name)
             continue
         if layer is not None and layer.data.shape == data.shape and layer.ndim == data.ndim:
-            layer.data = data
             layer.metadata = kwargs["metadata"]
-            layer.contrast_limits_range = kwargs["contrast_limits"]
-            layer.contrast_limits = kwargs["contrast_limits"]
-            layer.scale = kwargs["scale"]
-            layer.name = kwargs["name"]
-            layer.visible = True
+            _set(layer, "scale", kwargs["scale"])
+            if tuple(layer.contrast_limits_range) != tuple(kwargs["contrast_limits"]):
+                layer.contrast_limits_range = kwargs["contrast_limits"]
+            _set(layer, "contrast_limits", kwargs["contrast_limits"])
+            layer.data = data
+            _set(layer, "visible", True)
         else:
             if layer is not None:
                 layers.remove(layer)
-            layer = viewer.add_image(data, **kwargs)
+            layer = viewer.add_image(data, **{**kwargs, "name": f"{name} (new)"})
         ordered.append(layer)
+        names.append(name)
     for layer in managed.values():
         layers.remove(layer)
+    for layer, name in zip(ordered, names):
+        _rename(viewer, layer, name)
     for target, layer in enumerate(ordered):
         current = layers.index(layer)
         if current != target:

@@ -55,11 +55,17 @@ def title_for(subject: str, columns: Sequence[ScoreColumn]) -> str:
     groups: dict[str, list[str]] = {}
     for column in columns:
         groups.setdefault(column.source, []).append(column.label)
+
+    def phrase(source: str) -> str:
+        return source if source == ON_DEMAND else f"from {source}"
+
     if len(groups) <= 1:
-        sources = next(iter(groups), ON_DEMAND)
+        sources = phrase(next(iter(groups), ON_DEMAND))
     else:
-        sources = "; ".join(f"{s} for {', '.join(short_labels(labels))}" for s, labels in groups.items())
-    text = f"{subject}: metrics from {sources}"
+        sources = "; ".join(
+            f"{phrase(s)} for {', '.join(short_labels(labels))}" for s, labels in groups.items()
+        )
+    text = f"{subject}: metrics {sources}"
     if any(c.source == STORED for c in columns):
         text += " (#n: re-identification rank)"
     return text
