@@ -148,7 +148,8 @@ def apply_layers(viewer: Any, desired: list[LayerData]) -> list[Any]:
         else:
             if layer is not None:
                 layers.remove(layer)
-            layer = viewer.add_image(data, **{**kwargs, "name": f"{name} (new)"})
+            taken = any(other.name == name for other in layers)
+            layer = viewer.add_image(data, **{**kwargs, "name": f"{name} (new)" if taken else name})
         ordered.append(layer)
         names.append(name)
     for layer in managed.values():

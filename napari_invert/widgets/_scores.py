@@ -90,7 +90,8 @@ def fill_table(table: QTableWidget, columns: Sequence[ScoreColumn]) -> None:
             value = column.values.get(metric)
             table.setItem(row, col, QTableWidgetItem(value.text() if value is not None else "–"))
     height = table.horizontalHeader().height() + sum(table.rowHeight(r) for r in range(len(metrics)))
-    table.setFixedHeight(height + 2 * table.frameWidth() + 2)
+    scroll = table.horizontalScrollBar().sizeHint().height()  # room for it when the columns overflow
+    table.setFixedHeight(height + 2 * table.frameWidth() + 2 + scroll)
 
 
 def is_plugin_label(label: str) -> bool:
