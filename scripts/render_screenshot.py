@@ -12,6 +12,7 @@ helper as the GUI tests (``tests/gui_helpers.make_gui_study``, fake evaluation i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ def _wait(app, condition, timeout: float = 120.0) -> None:  # type: ignore[no-un
 
 
 def _dismiss_notifications(viewer) -> None:  # type: ignore[no-untyped-def]
-    """Close napari's toast notifications (e.g. the PyQt5 deprecation) before the shot."""
+    """Close napari's toast notifications before the shot."""
     try:
         from napari._qt.dialogs.qt_notification import NapariQtNotification
 
@@ -44,17 +45,10 @@ def _dismiss_notifications(viewer) -> None:  # type: ignore[no-untyped-def]
         pass
 
 
-def _give_room(viewer, compare, dock) -> None:  # type: ignore[no-untyped-def]
-    """Split the right dock area so the Compare widget's metrics stay visible."""
-    try:
-        from qtpy.QtCore import Qt
-
-        docks = [w.parent() for w in (compare, dock)]
-        while any(d is not None and d.__class__.__name__ != "QtViewerDockWidget" for d in docks):
-            docks = [d.parent() if d.__class__.__name__ != "QtViewerDockWidget" else d for d in docks]
-        viewer.window._qt_window.resizeDocks(docks, [760, 400], Qt.Vertical)
-    except (AttributeError, TypeError):  # private API: best effort only
-        pass
+def _show_compare_tab(viewer) -> None:  # type: ignore[no-untyped-def]
+    """The matrix dock is tabbed with Compare: bring the Compare tab to the front."""
+    with contextlib.suppress(AttributeError, KeyError):  # private API: best effort only
+        viewer.window.dock_widgets["Compare"].parent().raise_()
 
 
 def build_demo_study(root: Path) -> Path:
@@ -72,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", nargs="?", type=Path, help="study folder (default: build a synthetic one)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
     parser.add_argument("--subject", help="subject id to show (default: the second subject)")
-    parser.add_argument("--overlay", choices=["none", "ssim", "diff", "deformation"], default="ssim")
+    parser.add_argument("--overlay", choices=["none", "ssim", "diff", "deformation"], default="diff")
     parser.add_argument("--ndisplay", type=int, choices=[2, 3], default=2)
     parser.add_argument("--size", default="1700x1000", help="window size WIDTHxHEIGHT")
     parser.add_argument("--no-matrix", action="store_true", help="do not open the similarity-matrix dock")
@@ -110,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             _wait(app, lambda: dock is None or (not dock.busy and dock.similarity is not None))
             if dock is not None and dock.similarity is not None and ids[index] in dock.similarity.rows:
                 dock.highlight_subject(ids[index])
-            _give_room(viewer, compare, dock)
+            _show_compare_tab(viewer)
         viewer.dims.ndisplay = args.ndisplay
         viewer.reset_view()
         _dismiss_notifications(viewer)

@@ -20,6 +20,8 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
       <variant>/fold<k>/<arch>/membership/membership.json, membership_subjects.csv
       <variant>/fold<k>/<arch>/membership/shadows/shadow<k>.{safetensors,json}, shadow<k>_curve.csv
+      <variant>/fold<k>/<arch>/<tap>/plugin/decoder.*, decoder_curve.csv, recon/<ID>.nii.gz
+                                             trained in the napari plugin (not the study's)
       evaluation/                            written by ``napari-invert evaluate`` (:class:`EvaluationFolder`)
 
 ``<tap>`` is the tap name with ``+`` replaced by ``_`` (``bottleneck_skips``).
@@ -155,6 +157,20 @@ class StudyFolder:
     def membership_pooled_json(self, variant: str, arch: str) -> Path:
         """Membership results of all folds of one architecture, pooled."""
         return self.evaluation_dir / "membership" / f"{variant}_{arch}.json"
+
+    # -- decoders trained in the napari plugin (never the study's own) -----------------
+    def plugin_dir(self, variant: str, fold: int, arch: str, tap: str) -> Path:
+        """``<tap>/plugin/``: what the napari plugin trained; the runner never reads it."""
+        return self.tap_dir(variant, fold, arch, tap) / "plugin"
+
+    def plugin_decoder_stem(self, variant: str, fold: int, arch: str, tap: str) -> Path:
+        return self.plugin_dir(variant, fold, arch, tap) / "decoder"
+
+    def plugin_decoder_curve(self, variant: str, fold: int, arch: str, tap: str) -> Path:
+        return self.plugin_dir(variant, fold, arch, tap) / "decoder_curve.csv"
+
+    def plugin_recon(self, variant: str, fold: int, arch: str, tap: str, subject_id: str) -> Path:
+        return self.plugin_dir(variant, fold, arch, tap) / "recon" / f"{subject_id}.nii.gz"
 
     # -- json documents ----------------------------------------------------------------
     def read_splits(self) -> dict[str, Any]:

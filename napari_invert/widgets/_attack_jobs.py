@@ -81,8 +81,9 @@ class TrainRequest:
     loss: str
     device: str
     decoder_stem: Path
-    curve_path: Path | None
+    curve_path: Path | None  # written once, when the training has finished (never when cancelled)
     meta: dict[str, Any] = field(default_factory=dict)
+    recon_paths: dict[str, Path] = field(default_factory=dict)  # target id -> NIfTI to write
 
     @property
     def resume_stem(self) -> Path:
@@ -102,6 +103,14 @@ class AttackOutcome:
     recons: dict[str, np.ndarray] = field(default_factory=dict)
     affine: np.ndarray | None = None
     message: str = ""
+    written: list[Path] = field(default_factory=list)  # reconstructions saved as NIfTI
+
+
+def save_recons(recons: dict[str, np.ndarray], paths: dict[str, Path], affine: np.ndarray) -> list[Path]:
+    """Write each reconstruction that has a target path (atomically, via the core's writer)."""
+    from napari_invert.data.nifti import save_nifti
+
+    return [save_nifti(paths[sid], recon, affine) for sid, recon in recons.items() if sid in paths]
 
 
 def train_decoder_job(
@@ -127,7 +136,7 @@ def train_decoder_job(
     )
     from napari_invert.checkpoint import checkpoint_paths
     from napari_invert.device import resolve_device
-    from napari_invert.models import load_segmenter
+    from napari_invert.models import load_segmenter, write_curve
 
     device = resolve_device(request.device)
     model, _ = load_segmenter(request.segmenter_stem, device)
@@ -146,7 +155,7 @@ def train_decoder_job(
             device,
             loss=request.loss,  # type: ignore[arg-type]
             checkpoint_stem=request.resume_stem,
-            curve_path=request.curve_path,
+            curve_path=None,  # the rows are kept in the resumable state; the curve is written at the end
             progress=False,
             on_step=on_step,
             should_stop=should_stop,
@@ -165,12 +174,15 @@ def train_decoder_job(
         "source": "napari-invert GUI",
     }
     outcome.saved = save_decoder(request.decoder_stem, decoder, meta)
+    if request.curve_path is not None:
+        write_curve(request.curve_path, rows)
     for path in checkpoint_paths(request.resume_stem):
         path.unlink(missing_ok=True)
     if request.target_ids and not (should_stop is not None and should_stop()):
-        targets, _ = request.images.load(request.target_ids, model.multiple_of)
+        targets, target_affine = request.images.load(request.target_ids, model.multiple_of)
         recons = reconstruct(tapper, decoder, targets, device)
         outcome.recons = dict(zip(request.target_ids, recons))
+        outcome.written = save_recons(outcome.recons, request.recon_paths, target_affine)
     outcome.message = f"decoder saved to {outcome.saved}"
     return outcome
 
@@ -182,8 +194,9 @@ def reconstruct_job(
     decoder_stem: Path,
     target_ids: list[str],
     device: str = "auto",
+    recon_paths: dict[str, Path] | None = None,
 ) -> AttackOutcome:
-    """Load a trained decoder and reconstruct ``target_ids`` with it."""
+    """Load a trained decoder and reconstruct ``target_ids`` with it (saved to ``recon_paths``)."""
     from napari_invert.attack import load_decoder, make_tapper, reconstruct
     from napari_invert.device import resolve_device
     from napari_invert.models import load_segmenter
@@ -197,8 +210,10 @@ def reconstruct_job(
     tapper = make_tapper(model, tap)
     targets, affine = images.load(target_ids, model.multiple_of)
     recons = reconstruct(tapper, decoder, targets, dev)
-    return AttackOutcome(
+    outcome = AttackOutcome(
         recons=dict(zip(target_ids, recons)),
         affine=affine,
         message=f"reconstructed {len(recons)} subjects with {decoder_stem.name}",
     )
+    outcome.written = save_recons(outcome.recons, recon_paths or {}, affine)
+    return outcome

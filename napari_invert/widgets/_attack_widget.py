@@ -2,13 +2,18 @@
 
 The decoder is trained on the chosen fold's *attack* subjects only (the attacker's own
 data, from ``splits.json``), in a napari thread worker with a progress bar and a Cancel
-button; the viewer stays responsive. The trained decoder is saved to
-``StudyFolder.decoder_stem(variant, fold, arch, tap)``; the fold's private subjects are
-then reconstructed and added to the viewer. A cancelled training keeps its resumable
-state: pressing Train again with the same settings continues where it stopped.
+button; the viewer stays responsive. The trained decoder, its curve and the fold's
+private subjects' reconstructions are saved under the plugin's own name,
+``StudyFolder.plugin_dir(variant, fold, arch, tap)`` (``<tap>/plugin/``), never over the
+study's decoder, curve or ``recon/`` (which ``evaluation/`` describes). The Compare widget
+then lists them as "(plugin decoder, ...)", with scores computed on demand. A cancelled
+training keeps its resumable state (pressing Train again with the same settings continues)
+and writes no curve.
 
 With a cohort + segmenter checkpoint (chosen in the Study widget) the cohort is
-preprocessed for the segmenter, and the decoder is saved next to the checkpoint.
+preprocessed for the segmenter, the decoder is saved next to the checkpoint, and the
+attack set defaults to the subjects the checkpoint was NOT trained on (its
+``trained_on``); an attack set that overlaps ``trained_on`` is refused.
 """
 
 from __future__ import annotations
@@ -17,24 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import FileEdit
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QAbstractItemView,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QListWidget,
     QListWidgetItem,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -51,6 +42,8 @@ from napari_invert.widgets._attack_jobs import (
     reconstruct_job,
     train_decoder_job,
 )
+from napari_invert.widgets._attack_ui import build_attack_ui
+from napari_invert.widgets._plugin_results import PluginExperiment
 from napari_invert.widgets._state import CohortSession, session_for
 from napari_invert.widgets._study_data import (
     architectures_of,
@@ -58,14 +51,16 @@ from napari_invert.widgets._study_data import (
     folds_of,
     segmenter_available,
 )
-from napari_invert.widgets._study_widget import scrolled, unwrap_viewer
-from napari_invert.widgets._workers import CancelToken, ProgressRelay, describe_error, start_worker
+from napari_invert.widgets._study_widget import unwrap_viewer
+from napari_invert.widgets._workers import (
+    CancelToken,
+    ProgressRelay,
+    describe_error,
+    start_worker,
+)
 
 if TYPE_CHECKING:
     import napari
-
-LOSSES = ("mse", "l1", "mse+ssim")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class AttackWidget(QWidget):
@@ -84,6 +79,7 @@ class AttackWidget(QWidget):
         self._token: CancelToken | None = None
         self._relay: ProgressRelay | None = None
         self.last_outcome: AttackOutcome | None = None
+        self._loaded_stem: Path | None = None
         self._build_ui()
         self._session.study_changed.connect(self._on_study_changed)
         self._session.cohort_changed.connect(self._on_cohort_changed)
@@ -92,99 +88,7 @@ class AttackWidget(QWidget):
 
     # -- UI ------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
-        self.source_label = QLabel("Open a study (or a cohort + segmenter) in the Study widget.")
-        self.source_label.setWordWrap(True)
-        self.variant_combo = QComboBox()
-        self.fold_combo = QComboBox()
-        self.arch_combo = QComboBox()
-        self.tap_combo = QComboBox()
-        for combo in (self.variant_combo, self.fold_combo):
-            combo.currentIndexChanged.connect(self._on_selection_changed)
-        self.arch_combo.currentIndexChanged.connect(self._on_arch_changed)
-        self.tap_combo.currentIndexChanged.connect(self._update_state)
-        self.segmenter_label = QLabel("")
-        self.segmenter_label.setWordWrap(True)
-
-        self.attack_list = QListWidget()
-        self.attack_list.setSelectionMode(QAbstractItemView.NoSelection)
-        self.attack_list.setMaximumHeight(120)
-        self.attack_list.setToolTip(
-            "The attacker's own images: the fold's attack set (never a private subject)"
-        )
-
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 1_000_000)
-        self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 64)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1.0)
-        self.lr.setSingleStep(1e-4)
-        self.base_filters = QSpinBox()
-        self.base_filters.setRange(1, 256)
-        self.loss_combo = QComboBox()
-        self.loss_combo.addItems(LOSSES)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(DEVICES)
-        self.replace_box = QCheckBox("Replace an existing decoder")
-        self.replace_box.toggled.connect(self._update_state)
-        self.reconstruct_box = QCheckBox("Reconstruct the fold's private subjects afterwards")
-        self.reconstruct_box.setChecked(True)
-        self._set_training_defaults(AttackConfig())
-
-        self.train_button = QPushButton("Train decoder")
-        self.cancel_button = QPushButton("Cancel")
-        self.train_button.clicked.connect(self.start_training)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.decoder_file = FileEdit(mode="r", filter="*.safetensors *.json", label="Decoder")
-        self.load_button = QPushButton("Load decoder + reconstruct")
-        self.load_button.clicked.connect(self.load_decoder)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFormat("%v / %m steps")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-
-        target = QFormLayout()
-        target.addRow("Variant", self.variant_combo)
-        target.addRow("Fold", self.fold_combo)
-        target.addRow("Architecture", self.arch_combo)
-        target.addRow("Tap (attacker reads)", self.tap_combo)
-        target.addRow(self.segmenter_label)
-        target_box = QGroupBox("Victim")
-        target_box.setLayout(target)
-
-        train = QFormLayout()
-        train.addRow("Attack set", self.attack_list)
-        train.addRow("Steps", self.steps)
-        train.addRow("Batch size", self.batch_size)
-        train.addRow("Learning rate", self.lr)
-        train.addRow("Decoder base filters", self.base_filters)
-        train.addRow("Loss", self.loss_combo)
-        train.addRow("Device", self.device_combo)
-        train.addRow(self.replace_box)
-        train.addRow(self.reconstruct_box)
-        train_box = QGroupBox("Inversion decoder training")
-        train_box.setLayout(train)
-
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.cancel_button)
-        load_box = QGroupBox("…or load a trained decoder")
-        load_layout = QVBoxLayout(load_box)
-        load_layout.addWidget(self.decoder_file.native)
-        load_layout.addWidget(self.load_button)
-
-        layout = QVBoxLayout(scrolled(self))
-        layout.addWidget(self.source_label)
-        layout.addWidget(target_box)
-        layout.addWidget(train_box)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addWidget(load_box)
-        layout.addStretch(1)
+        build_attack_ui(self)
         self._update_state()
 
     def _set_training_defaults(self, attack: AttackConfig) -> None:
@@ -203,7 +107,7 @@ class AttackWidget(QWidget):
     def attack_ids(self) -> list[str]:
         """Ticked subjects of the attack set."""
         return [
-            self.attack_list.item(i).text()
+            self.attack_list.item(i).data(Qt.UserRole)
             for i in range(self.attack_list.count())
             if self.attack_list.item(i).checkState() == Qt.Checked
         ]
@@ -237,7 +141,7 @@ class AttackWidget(QWidget):
         if self._study is not None:
             if self.fold_combo.currentIndex() < 0:
                 return None
-            return self._study.folder.decoder_stem(
+            return self._study.folder.plugin_decoder_stem(
                 self.variant_combo.currentText(),
                 int(self.fold_combo.currentData()),
                 self.arch_combo.currentText(),
@@ -268,6 +172,7 @@ class AttackWidget(QWidget):
         self._relay = ProgressRelay(self._on_progress)
         self.progress.setRange(0, request.train.steps)
         self.progress.setValue(0)
+        self._loaded_stem = None
         self.status.setText(f"Training on {len(request.attack_ids)} attack subjects…")
         self._run(
             train_decoder_job,
@@ -290,14 +195,19 @@ class AttackWidget(QWidget):
         if self.running:
             return False
         chosen = str(self.decoder_file.value or "")
-        stem = Path(chosen) if chosen not in ("", ".") else self.decoder_stem()
+        stem = Path(chosen) if chosen not in ("", ".") else self._default_decoder()
         segmenter, images = self.segmenter_stem(), self._images()
         tap, targets = self.tap_combo.currentText(), self.private_ids()
         if stem is None or segmenter is None or images is None or not tap:
+            self.status.setText("Choose a study (or cohort), a fold, an architecture and a tap first.")
             show_error("napari-invert: choose a study (or cohort), a fold, an architecture and a tap first")
             return False
         if stem.suffix in (".json", ".safetensors"):
             stem = stem.with_suffix("")
+        # the plugin's own decoder writes the plugin's reconstructions; another decoder's are
+        # only shown (the study's own are already in the study)
+        recon_paths = self._plugin_recon_paths(targets) if stem == self.decoder_stem() else {}
+        self._loaded_stem = stem
         self.progress.setRange(0, 0)  # busy indicator
         self.status.setText(f"Reconstructing {len(targets)} subjects with {stem.name}…")
         self._run(
@@ -308,12 +218,31 @@ class AttackWidget(QWidget):
             stem,
             targets,
             self.device_combo.currentText(),
+            recon_paths,
             what="reconstruction",
             spacing=self._spacing(),
         )
         return True
 
     # -- internals -------------------------------------------------------------------------------
+    def _default_decoder(self) -> Path | None:
+        """The plugin's decoder when it exists, else the study's own (study mode)."""
+        stem = self.decoder_stem()
+        if stem is not None and stem.with_suffix(".json").is_file():
+            return stem
+        return self._study_decoder_stem() or stem
+
+    def _study_decoder_stem(self) -> Path | None:
+        """The study's own decoder for the selection (written by ``napari-invert study``)."""
+        if self._study is None or self.fold_combo.currentIndex() < 0 or not self.tap_combo.currentText():
+            return None
+        return self._study.folder.decoder_stem(
+            self.variant_combo.currentText(),
+            int(self.fold_combo.currentData()),
+            self.arch_combo.currentText(),
+            self.tap_combo.currentText(),
+        )
+
     def _images(self) -> Images | None:
         if self._study is not None:
             return StudyImages(self._study, self.variant_combo.currentText())
@@ -342,8 +271,16 @@ class AttackWidget(QWidget):
         attack_ids = self.attack_ids()
         if not attack_ids:
             raise NapariInvertError("tick at least one attack subject")
+        overlap = sorted(set(attack_ids) & set(self._cohort_victims)) if self._cohort is not None else []
+        if overlap:
+            raise NapariInvertError(
+                f"the attack set must not contain the segmenter's training subjects (its 'trained_on'): "
+                f"untick {', '.join(overlap)}"
+            )
         curve = None
         meta: dict[str, Any] = {}
+        targets = self.private_ids() if self.reconstruct_box.isChecked() else []
+        recon_paths: dict[str, Path] = {}
         if self._study is not None:
             variant, fold, arch, tap = (
                 self.variant_combo.currentText(),
@@ -351,14 +288,15 @@ class AttackWidget(QWidget):
                 self.arch_combo.currentText(),
                 self.tap_combo.currentText(),
             )
-            curve = self._study.folder.decoder_curve(variant, fold, arch, tap)
+            curve = self._study.folder.plugin_decoder_curve(variant, fold, arch, tap)
             meta = {"variant": variant, "fold": fold, "arch": arch}
+            recon_paths = self._plugin_recon_paths(targets)
         return TrainRequest(
             images=images,
             segmenter_stem=segmenter,
             tap=self.tap_combo.currentText(),
             attack_ids=attack_ids,
-            target_ids=self.private_ids() if self.reconstruct_box.isChecked() else [],
+            target_ids=targets,
             train=self.train_config(),
             base_filters=self.base_filters.value(),
             loss=self.loss_combo.currentText(),
@@ -366,6 +304,24 @@ class AttackWidget(QWidget):
             decoder_stem=decoder,
             curve_path=curve,
             meta=meta,
+            recon_paths=recon_paths,
+        )
+
+    def _plugin_recon_paths(self, targets: list[str]) -> dict[str, Path]:
+        """Where the plugin's reconstructions of ``targets`` go (study mode; else empty)."""
+        if self._study is None or self.fold_combo.currentIndex() < 0:
+            return {}
+        folder, fold = self._study.folder, int(self.fold_combo.currentData())
+        variant, arch, tap = (
+            self.variant_combo.currentText(),
+            self.arch_combo.currentText(),
+            self.tap_combo.currentText(),
+        )
+        return {sid: folder.plugin_recon(variant, fold, arch, tap, sid) for sid in targets}
+
+    def _plugin_experiment(self) -> PluginExperiment:
+        return PluginExperiment(
+            self.variant_combo.currentText(), self.arch_combo.currentText(), self.tap_combo.currentText()
         )
 
     def _run(self, func: Any, *args: Any, what: str, spacing: tuple[float, float, float] | None) -> None:
@@ -409,13 +365,40 @@ class AttackWidget(QWidget):
             show_info(f"napari-invert: {outcome.message}")
         else:
             self.status.setText(outcome.message)
+        self._show_recons(outcome, spacing)
+
+    def _show_recons(self, outcome: AttackOutcome, spacing: tuple[float, float, float] | None) -> None:
+        """Study mode: saved reconstructions go to the Compare grid (never loose layers)."""
+        if not outcome.recons:
+            return
+        if self._study is not None and outcome.written:
+            experiment = self._plugin_experiment()
+            where = outcome.written[0].parent
+            self.status.setText(
+                self.status.text() + f"\n{len(outcome.written)} reconstructions saved to {where}; "
+                f"Compare lists them as '{experiment.label}'."
+            )
+            self._session.announce_plugin_results(experiment)
+            if self._session.compare_docked:
+                return
+        elif (
+            self._loaded_stem is not None
+            and self._loaded_stem == self._study_decoder_stem()
+            and self._session.compare_docked
+        ):  # the same as the study's recon/: shown by Compare
+            self.status.setText(self.status.text() + "\nThe study's own reconstructions: see Compare.")
+            return
         if outcome.affine is not None and spacing is None:
             spacing = tuple(float(v) for v in np.linalg.norm(outcome.affine[:3, :3], axis=0))
         label = f"{self.arch_combo.currentText() or 'segmenter'} {self.tap_combo.currentText()}"
+        grid = self._viewer.canvas.grid
         for sid, recon in outcome.recons.items():
-            self._viewer.add_image(
-                recon, name=f"{sid} recon (GUI decoder, {label})", scale=spacing or (1, 1, 1), colormap="gray"
+            layer = self._viewer.add_image(
+                recon, name=f"{sid} recon (plugin, {label})", scale=spacing or (1, 1, 1), colormap="gray"
             )
+            if grid.enabled:  # never push the Compare grid's originals out of their cells
+                self._viewer.layers.move(self._viewer.layers.index(layer), 0)
+                layer.visible = False
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -500,10 +483,12 @@ class AttackWidget(QWidget):
             ids = next((list(f.attack) for f in folds_of(self._study) if f.fold == fold), [])
         else:
             ids = list(self._cohort_ids)
+        victims = set(self._cohort_victims) if self._cohort is not None else set()
         for sid in ids:
-            item = QListWidgetItem(sid)
+            item = QListWidgetItem(sid + ("  (segmenter trained on it)" if sid in victims else ""))
+            item.setData(Qt.UserRole, sid)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked)
+            item.setCheckState(Qt.Unchecked if sid in victims else Qt.Checked)
             self.attack_list.addItem(item)
         self._update_state()
 

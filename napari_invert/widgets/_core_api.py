@@ -23,6 +23,7 @@ import numpy as np
 from napari_invert._io import read_json
 from napari_invert.errors import NapariInvertError
 from napari_invert.study.results import Experiment, StudyResults
+from napari_invert.widgets._plugin_results import has_recon, read_recon
 from napari_invert.widgets._study_data import SimilarityMatrix
 
 
@@ -104,13 +105,14 @@ def load_view(
     variant: str,
     ref_subject: str,
     cells: Sequence[Cell],
-    compute_scores: bool,
+    compute_scores: bool | Sequence[bool],
     data_range: float | None = None,
 ) -> SubjectView:
     """Read the reference original, its mask and every cell's reconstruction.
 
     A missing reconstruction is not fatal: it is recorded in ``problems`` and shown as
-    zeros. ``compute_scores``: also compute windowed SSIM and correlation via the core.
+    zeros. ``compute_scores``: also compute windowed SSIM and correlation via the core
+    (for every cell, or per cell; a cell without scores gets an empty dict).
     ``data_range``: known SSIM range (``None``: :func:`study_data_range`, when needed).
     """
     reference = results.original(variant, ref_subject)
@@ -119,16 +121,17 @@ def load_view(
     problems: list[str] = []
     for cell in cells:
         try:
-            recons.append(results.recon(cell.experiment, cell.recon_subject))
+            recons.append(read_recon(results, cell.experiment, cell.recon_subject))
         except (NapariInvertError, KeyError) as exc:
             problems.append(str(exc).strip("'\""))
             recons.append(np.zeros_like(reference))
     if data_range is None:
         data_range = study_data_range(results, variant)
+    wanted = [compute_scores] * len(cells) if isinstance(compute_scores, bool) else list(compute_scores)
     scores: list[dict[str, float]] = []
-    if compute_scores:
-        for recon in recons:
-            scores.append(quick_scores(reference, recon, mask, data_range))
+    if any(wanted):
+        for recon, want in zip(recons, wanted):
+            scores.append(quick_scores(reference, recon, mask, data_range) if want else {})
     return SubjectView(
         variant, ref_subject, reference, mask, list(cells), recons, data_range, scores, problems
     )
@@ -210,7 +213,7 @@ def study_similarity_matrix(results: StudyResults, experiment: Experiment, metri
     rows = [s for s in columns if _has_private_recon(results, experiment, s)]
     if not rows:
         raise NapariInvertError(f"{experiment.label}: no reconstructions from the private folds")
-    recons = [results.recon(experiment, s) for s in rows]
+    recons = [read_recon(results, experiment, s) for s in rows]
     originals = [results.original(experiment.variant, s) for s in columns]
     masks = [results.mask(experiment.variant, s) for s in columns]
     data_range = study_data_range(results, experiment.variant)
@@ -219,10 +222,7 @@ def study_similarity_matrix(results: StudyResults, experiment: Experiment, metri
 
 
 def _has_private_recon(results: StudyResults, experiment: Experiment, subject_id: str) -> bool:
-    try:
-        return results.has_recon(experiment, subject_id)
-    except KeyError:  # private in no fold
-        return False
+    return has_recon(results, experiment, subject_id)
 
 
 def ranks_of_truth(similarity: SimilarityMatrix, higher_is_better: bool) -> np.ndarray | None:

@@ -1,14 +1,16 @@
 """Similarity-matrix dock: heat map of reconstruction ``i`` (rows) vs original ``j`` (columns).
 
-Reads ``evaluation/similarity_<variant>_<arch>_<tap>_<metric>.npy`` when the study was
-evaluated, otherwise computes the matrix via the core in a thread worker. Clicking cell
-``(i, j)`` shows reconstruction ``i`` next to candidate original ``j`` in the Compare
-widget; the diagonal is the true match.
+Reads the stored matrix when the study was evaluated, otherwise computes the matrix via
+the core in a thread worker (always for reconstructions made by a plugin-trained decoder:
+the stored matrices describe the study's own). Clicking cell ``(i, j)`` asks, through the
+viewer's :class:`~napari_invert.widgets._state.SessionState`, to show reconstruction ``i``
+next to candidate original ``j``; the diagonal is the true match. This dock never imports
+the Compare widget: it follows the subject and variant that Compare announces.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -19,6 +21,8 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidget
 
 from napari_invert.study.results import Experiment, StudyResults
 from napari_invert.widgets._core_api import CoreUnavailable, ranks_of_truth, study_similarity_matrix
+from napari_invert.widgets._plugin_results import all_experiments, is_plugin
+from napari_invert.widgets._state import PairRequest, session_for
 from napari_invert.widgets._study_data import (
     HIGHER_IS_BETTER,
     SimilarityMatrix,
@@ -27,10 +31,10 @@ from napari_invert.widgets._study_data import (
     sort_metrics,
     stored_similarity_metrics,
 )
-from napari_invert.widgets._workers import describe_error, start_worker
+from napari_invert.widgets._workers import describe_error, guard, start_worker
 
-if TYPE_CHECKING:
-    from napari_invert.widgets._compare_widget import CompareWidget
+#: Above this many subjects the tick labels get smaller (every subject stays labelled).
+SMALL_LABELS_FROM = 16
 
 #: Metrics the GUI can compute on demand when no matrix is stored.
 COMPUTABLE_METRICS: tuple[str, ...] = ("correlation", "ssim", "ssim_global")
@@ -40,7 +44,7 @@ def load_or_compute_matrix(
     results: StudyResults, experiment: Experiment, metric: str
 ) -> tuple[SimilarityMatrix, np.ndarray | None]:
     """Worker function: ``(matrix with its ids, rank of each row's true original or None)``."""
-    path = similarity_path(results.folder, experiment, metric)
+    path = None if is_plugin(experiment) else similarity_path(results.folder, experiment, metric)
     if path is not None:
         matrix = load_similarity(path, results.subject_ids, metric)
     else:
@@ -55,9 +59,9 @@ def load_or_compute_matrix(
 class SimilarityMatrixWidget(QWidget):
     """Heat map of one experiment's similarity matrix; click a cell to compare the pair."""
 
-    def __init__(self, compare: CompareWidget, parent: QWidget | None = None) -> None:
+    def __init__(self, viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self._compare = compare
+        self._session = session_for(getattr(viewer, "__wrapped__", viewer))
         self._study: StudyResults | None = None
         self._similarity: SimilarityMatrix | None = None
         self._ranks: np.ndarray | None = None
@@ -69,11 +73,11 @@ class SimilarityMatrixWidget(QWidget):
 
         self.experiment_combo = QComboBox()
         self.metric_combo = QComboBox()
-        self.experiment_combo.currentIndexChanged.connect(self._on_experiment_changed)
-        self.metric_combo.currentTextChanged.connect(lambda _t: self.reload())
-        self.figure = Figure(figsize=(4, 4), tight_layout=True)
+        self.experiment_combo.currentIndexChanged.connect(guard(self._on_experiment_changed, "matrix"))
+        self.metric_combo.currentTextChanged.connect(guard(lambda _t: self.reload(), "matrix"))
+        self.figure = Figure(figsize=(5, 5), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumSize(220, 220)
+        self.canvas.setMinimumSize(300, 300)
         self.axes = self.figure.add_subplot(111)
         self.canvas.mpl_connect("button_press_event", self._on_press)
         self.status = QLabel("Click a cell (i, j): reconstruction i next to original j.")
@@ -86,6 +90,13 @@ class SimilarityMatrixWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.canvas, stretch=1)
         layout.addWidget(self.status)
+        self.setMinimumHeight(320)
+
+        self._session.study_changed.connect(self._on_study_changed)
+        self._session.variant_shown.connect(self._on_variant_shown)
+        self._session.subject_shown.connect(self.highlight_subject)
+        if self._session.study is not None:
+            self.set_study(self._session.study, self._session.variant or self._session.study.variants[0])
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -100,7 +111,7 @@ class SimilarityMatrixWidget(QWidget):
     def set_study(self, study: StudyResults, variant: str) -> None:
         """Show the experiments of ``variant`` (the Compare widget's current variant)."""
         self._study = study
-        experiments = [e for e in study.experiments() if e.variant == variant]
+        experiments = [e for e in all_experiments(study) if e.variant == variant]
         old = self.experiment_combo.blockSignals(True)
         self.experiment_combo.clear()
         for exp in experiments:
@@ -162,7 +173,7 @@ class SimilarityMatrixWidget(QWidget):
             f"Reconstruction of {recon_id} vs original of {candidate}: {metric} = {sim.matrix[i, j]:.3f}"
             + (" (true match)" if recon_id == candidate else "")
         )
-        self._compare.show_pair(experiment, recon_id, candidate, values)
+        self._session.request_pair(PairRequest(experiment, recon_id, candidate, values))
 
     def cell_center(self, i: int, j: int) -> tuple[float, float]:
         """Canvas pixel position (matplotlib display coordinates) of cell ``(i, j)``."""
@@ -191,11 +202,19 @@ class SimilarityMatrixWidget(QWidget):
         self.canvas.draw_idle()
 
     # -- internals -----------------------------------------------------------------------
+    def _on_study_changed(self, study: StudyResults | None) -> None:
+        if study is not None:
+            self.set_study(study, study.variants[0])
+
+    def _on_variant_shown(self, variant: str) -> None:
+        if self._study is not None and variant:
+            self.set_study(self._study, variant)
+
     def _fill_metrics(self) -> None:
         experiment = self.experiment_combo.currentData()
         stored = (
             []
-            if self._study is None or experiment is None
+            if self._study is None or experiment is None or is_plugin(experiment)
             else stored_similarity_metrics(self._study.folder, experiment)
         )
         metrics = sort_metrics(set(stored) | set(COMPUTABLE_METRICS))
@@ -222,13 +241,14 @@ class SimilarityMatrixWidget(QWidget):
         cmap = "viridis" if HIGHER_IS_BETTER.get(sim.metric, True) else "viridis_r"
         image = self.axes.imshow(sim.matrix, cmap=cmap, interpolation="nearest", aspect="auto")
         self.figure.colorbar(image, ax=self.axes, fraction=0.046, pad=0.04, label=sim.metric)
-        if max(len(sim.rows), len(sim.columns)) <= 16:
-            self.axes.set_xticks(range(len(sim.columns)), sim.columns, rotation=90, fontsize=7)
-            self.axes.set_yticks(range(len(sim.rows)), sim.rows, fontsize=7)
+        n = max(len(sim.rows), len(sim.columns))
+        size = 7 if n <= SMALL_LABELS_FROM else max(3.5, 7 * SMALL_LABELS_FROM / n)
+        self.axes.set_xticks(range(len(sim.columns)), sim.columns, rotation=90, fontsize=size)
+        self.axes.set_yticks(range(len(sim.rows)), sim.rows, fontsize=size)
         self.axes.set_xlabel("candidate original j")
         self.axes.set_ylabel("reconstruction i")
         self.axes.set_title(f"{experiment.label}\n{sim.metric} ({sim.source})", fontsize=8)
-        self.highlight_subject(self._compare.current_subject)
+        self.highlight_subject(self._session.subject)
         self.canvas.draw()
         rank_text = ""
         if ranks is not None:

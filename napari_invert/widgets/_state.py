@@ -6,6 +6,11 @@ The Study widget publishes, the Attack and Compare widgets listen::
     state.study_changed.connect(self._on_study)   # psygnal keeps a weak ref to methods
     state.set_study(StudyResults(path))
 
+Widgets never import each other: they talk only through this state. The similarity
+matrix asks for a pair with :meth:`SessionState.request_pair`; Compare announces the
+subject it shows with :meth:`SessionState.show_subject`; the Attack widget announces new
+plugin-made reconstructions with :meth:`SessionState.announce_plugin_results`.
+
 The registry is a :class:`weakref.WeakKeyDictionary` keyed by the viewer, so it never
 keeps a closed viewer (or its Qt window) alive.
 """
@@ -21,7 +26,7 @@ from psygnal import Signal
 
 from napari_invert.config import StudyConfig, load_config
 from napari_invert.errors import DataError, NapariInvertError
-from napari_invert.study.results import StudyResults
+from napari_invert.study.results import Experiment, StudyResults
 
 
 @dataclass(frozen=True)
@@ -35,16 +40,51 @@ class CohortSession:
     segmenter_stem: Path
 
 
+@dataclass(frozen=True)
+class PairRequest:
+    """Show the reconstruction of ``recon_subject`` next to the original of ``candidate``.
+
+    ``values``: numbers to show beside the pair (metric label -> value).
+    """
+
+    experiment: Experiment
+    recon_subject: str
+    candidate: str
+    values: dict[str, float]
+
+
 class SessionState:
-    """The study (or cohort session) currently opened in one viewer."""
+    """The study (or cohort session) currently opened in one viewer, and what it shows."""
 
     study_changed = Signal(object)  # StudyResults | None
     cohort_changed = Signal(object)  # CohortSession | None
+    pair_requested = Signal(object)  # PairRequest (matrix dock -> Compare)
+    subject_shown = Signal(object)  # subject id (str) or None (Compare -> matrix dock)
+    variant_shown = Signal(str)  # variant shown by Compare (-> matrix dock)
+    plugin_results_changed = Signal(object)  # Experiment made in the plugin (Attack -> Compare)
 
     def __init__(self) -> None:
         self.study: StudyResults | None = None
         self.config: StudyConfig | None = None
         self.cohort: CohortSession | None = None
+        self.subject: str | None = None
+        self.variant: str | None = None
+        self.compare_docked = False  # a Compare widget listens (set by Compare itself)
+        self.launched_docks: tuple[Any, Any] | None = None  # (Study, Compare) made by the launcher
+
+    def request_pair(self, request: PairRequest) -> None:
+        self.pair_requested.emit(request)
+
+    def show_subject(self, subject: str | None) -> None:
+        self.subject = subject
+        self.subject_shown.emit(subject)
+
+    def show_variant(self, variant: str) -> None:
+        self.variant = variant
+        self.variant_shown.emit(variant)
+
+    def announce_plugin_results(self, experiment: Experiment) -> None:
+        self.plugin_results_changed.emit(experiment)
 
     def set_study(self, study: StudyResults | None, config: StudyConfig | None = None) -> None:
         """Publish ``study`` (and its parsed config) to every listening widget."""

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 from napari_invert.config import StudyConfig
 from napari_invert.errors import NapariInvertError
 from napari_invert.study.results import StudyResults
+from napari_invert.widgets._overlays import deformation_on_demand
 from napari_invert.widgets._state import CohortSession, open_study, session_for
 from napari_invert.widgets._study_data import (
     architectures_of,
@@ -36,7 +37,7 @@ from napari_invert.widgets._study_data import (
     read_metrics,
     segmenter_available,
 )
-from napari_invert.widgets._workers import describe_error
+from napari_invert.widgets._workers import describe_error, guard_slot
 
 if TYPE_CHECKING:
     import napari
@@ -64,6 +65,12 @@ def scrolled(widget: QWidget) -> QWidget:
     return page
 
 
+def _field(value: Any) -> str:
+    """A path field's text; ``""`` when empty (magicgui gives ``Path('.')`` for an empty field)."""
+    text = "" if value is None else str(value).strip()
+    return "" if text in ("", ".") else text
+
+
 class StudyWidget(QWidget):
     """Open a study folder and show its folds, architectures, variants and subjects."""
 
@@ -74,7 +81,7 @@ class StudyWidget(QWidget):
 
         self.study_dir = FileEdit(mode="d", label="Study folder")
         self.open_button = QPushButton("Open study")
-        self.open_button.clicked.connect(self._on_open_clicked)
+        self.open_button.clicked.connect(guard_slot(self._on_open_clicked, "opening the study"))
         self.status = QLabel("No study opened.")
         self.status.setWordWrap(True)
         self.tree = QTreeWidget()
@@ -90,7 +97,7 @@ class StudyWidget(QWidget):
         self.cohort_dir = FileEdit(mode="d", label="Cohort folder")
         self.segmenter_file = FileEdit(mode="r", filter="*.safetensors *.json", label="Segmenter")
         self.use_cohort_button = QPushButton("Use cohort + segmenter")
-        self.use_cohort_button.clicked.connect(self._on_use_cohort_clicked)
+        self.use_cohort_button.clicked.connect(guard_slot(self._on_use_cohort_clicked, "using the cohort"))
         cohort_box = QGroupBox("…or a cohort and a trained segmenter")
         cohort_layout = QVBoxLayout(cohort_box)
         cohort_layout.addWidget(self.cohort_dir.native)
@@ -133,14 +140,25 @@ class StudyWidget(QWidget):
         """Publish a cohort + segmenter checkpoint session (validated cheaply here)."""
         from napari_invert.checkpoint import checkpoint_exists, checkpoint_paths
 
-        cohort = Path(str(cohort_path)).expanduser()
-        weights, meta = checkpoint_paths(Path(str(segmenter_stem)).expanduser())
-        stem = weights.with_suffix("")
         problems = []
-        if not cohort.is_dir():
-            problems.append(f"{cohort}: cohort folder not found")
-        if not checkpoint_exists(stem):
-            problems.append(f"{stem}: needs both {weights.name} and {meta.name}")
+        cohort_text, segmenter_text = _field(cohort_path), _field(segmenter_stem)
+        if not cohort_text:
+            problems.append("choose a cohort folder (the 'Cohort folder' field is empty)")
+        if not segmenter_text:
+            problems.append("choose a segmenter checkpoint (.safetensors or .json; the field is empty)")
+        cohort = Path(cohort_text).expanduser()
+        stem = Path(segmenter_text).expanduser()
+        if not problems:
+            try:
+                weights, meta = checkpoint_paths(stem)
+                stem = weights.with_suffix("")
+            except (ValueError, OSError) as exc:
+                problems.append(f"{segmenter_text}: not a checkpoint path ({exc})")
+            else:
+                if not cohort.is_dir():
+                    problems.append(f"{cohort}: cohort folder not found")
+                if not checkpoint_exists(stem):
+                    problems.append(f"{stem}: needs both {weights.name} and {meta.name}")
         if problems:
             message = "; ".join(problems)
             self.status.setText(message)
@@ -221,7 +239,10 @@ class StudyWidget(QWidget):
         n_mat = len(list(study.folder.evaluation_dir.glob("similarity_*.npy")))
         add(evaluation, "similarity matrices", str(n_mat))
         ok, reason = deformation_status(study, config, table)
-        add(evaluation, "deformation", "available" if ok else "not available").setToolTip(1, reason)
+        on_demand, why_not = deformation_on_demand()
+        stored = ok and "found" in reason
+        text = "stored" if stored else ("on demand (ANTs)" if on_demand else "not available")
+        add(evaluation, "deformation", text).setToolTip(1, reason if ok else why_not)
         for i in range(self.tree.topLevelItemCount()):
             self.tree.topLevelItem(i).setExpanded(i in (1, 4))
         self.tree.resizeColumnToContents(0)

@@ -120,6 +120,27 @@ def start_worker(
     return worker  # type: ignore[return-value]
 
 
+def guard_slot(callback: Callable[[], Any], what: str) -> Callable[..., None]:
+    """A button/menu slot that never raises into Qt: a failure is shown in the viewer.
+
+    The signal's arguments (e.g. ``clicked(checked)``) are dropped; ``callback()`` is
+    called without arguments.
+    """
+
+    def slot(*_args: Any) -> None:
+        try:
+            callback()
+        except Exception as exc:
+            report_error(f"napari-invert: {what} failed", exc)
+
+    return slot
+
+
+def guard(callback: Callable[..., None], what: str) -> Callable[..., None]:
+    """Wrap a main-thread callback that takes the signal's arguments (see :func:`guard_slot`)."""
+    return _guard(callback, what)
+
+
 def _guard(callback: Callable[..., None], what: str) -> Callable[..., None]:
     """Wrap a main-thread callback so an exception in it is shown, not raised into Qt."""
 
