@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_invert.config import StudyConfig
 from napari_invert.errors import NapariInvertError
-from napari_invert.study.results import StudyResults
+from napari_invert.study.results import StudyResults, count_similarity_matrices
 from napari_invert.widgets._overlays import deformation_on_demand
 from napari_invert.widgets._state import CohortSession, open_study, session_for
 from napari_invert.widgets._study_data import (
@@ -236,7 +236,7 @@ class StudyWidget(QWidget):
         except NapariInvertError as exc:
             table = None
             add(evaluation, "metrics.csv", f"unreadable: {exc}")
-        n_mat = len(list(study.folder.evaluation_dir.glob("similarity_*.npy")))
+        n_mat = count_similarity_matrices(study.folder)
         add(evaluation, "similarity matrices", str(n_mat))
         ok, reason = deformation_status(study, config, table)
         on_demand, why_not = deformation_on_demand()
