@@ -19,8 +19,8 @@ from scipy import ndimage
 from napari_invert.cli import main
 from napari_invert.config import PreprocessConfig
 from napari_invert.data.cohort import Cohort
-from napari_invert.data.prepare import prepare_cohort
 from napari_invert.data.nifti import save_nifti
+from napari_invert.data.prepare import prepare_cohort
 from napari_invert.report import evaluate_study
 from napari_invert.study.layout import StudyFolder
 from tests.own_model_helpers import monai_unet_args
@@ -126,8 +126,12 @@ def test_audit_reports_membership_then_evaluate_prints_the_verdict(setup, tmp_pa
     audit = json.loads((out / "audit.json").read_text())
     assert audit["membership"]["status"] == "done"
     assert "LiRA" in audit["membership"]["verdict"] and "not available" in audit["membership"]["verdict"]
-    print("membership AUCs:", {k: round(v["auc"], 3) for k, v in doc["attacks"].items()},
-          "control:", {k: round(v["auc"], 3) for k, v in control.items()})
+    print(
+        "membership AUCs:",
+        {k: round(v["auc"], 3) for k, v in doc["attacks"].items()},
+        "control:",
+        {k: round(v["auc"], 3) for k, v in control.items()},
+    )
 
     # a rerun reuses the finished result
     before = path.stat().st_mtime_ns

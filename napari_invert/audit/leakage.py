@@ -115,8 +115,11 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
         f"({name}, p = {best['auc_p_value']:.2g}; {doc['n_members']} members vs "
         f"{doc['n_nonmembers']} held-out non-members; chance 0.5)"
         + (f"; untrained control {control[name]:.2f}" if name in control else "")
-        + (". The weights reveal who trained them." if lo > 0.5 else ". No clear evidence the weights "
-           "reveal who trained them.")
+        + (
+            ". The weights reveal who trained them."
+            if lo > 0.5
+            else ". No clear evidence the weights reveal who trained them."
+        )
         + f" Threshold attacks only; likelihood-ratio attack (LiRA) {LIRA_NOTE}."
     )
     return {

@@ -36,9 +36,7 @@ def register_membership_attack(fn: MembershipAttack | None) -> None:
     _ATTACK = fn
 
 
-def run_membership(
-    adapter, members, non_members, attacker, folder, config, control=None
-) -> dict[str, Any]:
+def run_membership(adapter, members, non_members, attacker, folder, config, control=None) -> dict[str, Any]:
     """Run the registered (default: built-in) attack, or say why none ran
     (training-data-leakage threat). ``control``: the untrained control adapter, passed
     to the built-in attack only."""

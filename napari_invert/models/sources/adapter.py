@@ -172,7 +172,12 @@ class ModelAdapter:
             from monai.inferers import sliding_window_inference
 
             return sliding_window_inference(
-                x.to(self.device), self.patch_size, 1, self.forward, overlap=self.config.sw_overlap, mode="gaussian"
+                x.to(self.device),
+                self.patch_size,
+                1,
+                self.forward,
+                overlap=self.config.sw_overlap,
+                mode="gaussian",
             )
         return self.forward(x)
 
