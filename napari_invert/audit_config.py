@@ -197,6 +197,28 @@ class AuditControls(_Strict):
     seed: int = 0
 
 
+ThresholdAttack = Literal["loss_threshold", "dice_threshold", "confidence_threshold"]
+
+
+class AuditMembership(_Strict):
+    """Membership inference in an audit (threat model "training-data leakage"), run when
+    ``subjects.trained_on`` is known and ``subjects.holdout`` is not empty.
+
+    Only the threshold attacks: the likelihood-ratio attack (LiRA) needs shadow models
+    trained like the user's, and the audit has no training recipe for it. ``fpr``,
+    ``bootstrap``, ``permutations``, ``seed``: as in a study's ``membership:`` block.
+    """
+
+    enabled: bool = True
+    attacks: list[ThresholdAttack] = Field(
+        default_factory=lambda: ["loss_threshold", "dice_threshold", "confidence_threshold"], min_length=1
+    )
+    fpr: float = Field(default=0.05, gt=0, lt=1)
+    bootstrap: int = Field(default=2000, ge=100)
+    permutations: int = Field(default=2000, ge=100)
+    seed: int = 0
+
+
 class AuditConfig(_Strict):
     """An audit of the user's own segmenter on the user's cohort."""
 
@@ -207,6 +229,7 @@ class AuditConfig(_Strict):
     subjects: AuditSubjects = Field(default_factory=AuditSubjects)
     attack: AuditAttackConfig = Field(default_factory=AuditAttackConfig)
     controls: AuditControls = Field(default_factory=AuditControls)
+    membership: AuditMembership = Field(default_factory=AuditMembership)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1)

@@ -1,6 +1,7 @@
 """`napari-invert audit`: the inversion attack on a user's own, briefly trained MONAI /
 bundle / TorchScript / nnU-Net network, written as a study folder that the unchanged
-evaluation reads; subjects by role; the untrained control; the membership hook."""
+evaluation reads; subjects by role; the untrained control; the membership hook (the
+built-in membership attack is tested in test_audit_membership.py)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def test_monai_unet_audit_from_the_cli_then_evaluate(tmp_path, cohort, xy):
     }
     assert audit["subjects"]["members"] == TRAINED_ON and audit["subjects"]["non_members"] == ["T03"]
     assert audit["victim_dice"]["status"] == "done" and 0 <= audit["victim_dice"]["members"] <= 1
-    assert audit["membership"]["status"].startswith("not run")
+    # the built-in threshold attacks (training-data leakage), written where evaluate pools them
+    assert audit["membership"]["status"] == "done" and audit["membership"]["lira"].startswith("not available")
+    assert (out / "skull_stripped" / "fold0" / "user" / "membership" / "membership.json").is_file()
     assert audit["untrained_control"].startswith("the same architecture")
     recon = results.recon(next(iter(results.experiments())), "T01")
     assert recon.shape == (20, 20, 20) and np.isfinite(recon).all()
@@ -169,6 +172,7 @@ def test_unknown_training_subjects_report_feature_inversion_only(tmp_path, cohor
     audit = json.loads((folder.root / "audit.json").read_text())
     assert "not reported" in audit["threat_models"]["training-data leakage"]
     assert audit["membership"]["status"].startswith("not reported")
+    assert not list(folder.root.rglob("membership.json"))
     assert audit["subjects"]["targets"] == ["T01", "T02", "T03"]
     assert audit["untrained_control"].startswith("off")
 

@@ -10,8 +10,9 @@ victim Dice, membership) sit beside ``config.yaml``.
 
 Threat model of the reconstructions: *feature inversion* (the attacker reads the encoder's
 outputs for a patient's scan). Whether a patient trained the model matters only for the
-*training-data leakage* threat (membership inference, via :mod:`.membership`), reported
-only when ``trained_on`` is known.
+*training-data leakage* threat (membership inference, via :mod:`.membership`; by default
+the threshold attacks of :mod:`.leakage`, written as the study's ``membership.json`` for
+architecture ``user``), reported only when ``trained_on`` is known and ``holdout`` given.
 
 Taps are read on whole volumes padded to the network's multiple (encoders are fully
 convolutional), also for patch-trained models; segmentation of patch-trained models uses a
@@ -237,10 +238,11 @@ class AuditRunner:
             run_membership(
                 adapter,
                 [by_id[s] for s in roles.members],
-                [by_id[s] for s in roles.non_members],
+                [by_id[s] for s in roles.holdout],  # declared non-members
                 attack,
                 self.folder,
                 cfg,
+                control=dict(victims).get(CONTROL_ARCH),
             )
             if roles.trained_on is not None
             else {

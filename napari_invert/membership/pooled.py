@@ -116,6 +116,7 @@ def pool_membership(
         "attacks": attacks,
         "controls": controls,
         "note": "pooled AUC ranks all folds' candidates on one scale; per-fold AUCs beside it",
+        **({"lira": results[0]["lira"]} if "lira" in results[0] else {}),  # e.g. an audit: no shadows
     }
 
 

@@ -104,16 +104,30 @@ def foreground_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
     return float(dice.mean())
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def _device_of(model: Any) -> torch.device:
+    dev = getattr(model, "device", None)  # e.g. the audit's ModelAdapter
+    if isinstance(dev, torch.device):
+        return dev
     try:
         return next(model.parameters()).device
-    except StopIteration:
+    except (StopIteration, AttributeError):
         return torch.device("cpu")
+
+
+def _volume_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+    """Logits ``(1, C, X, Y, Z)`` of one volume ``x (1, 1, X, Y, Z)``: the model's own
+    whole-volume path when it has one (``volume_logits``, e.g. the audit's ModelAdapter,
+    which slides a window for patch-trained networks), else ``model(x)``."""
+    whole = getattr(model, "volume_logits", None)
+    out = whole(x) if callable(whole) else model(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return out
 
 
 @torch.no_grad()
 def score_volumes(
-    model: Segmenter,
+    model: Segmenter | Any,
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
     subject_ids: Sequence[str] | None = None,
@@ -121,8 +135,11 @@ def score_volumes(
 ) -> SignalScores:
     """Signals of ``model`` on each ``(image, labels)`` pair, one volume at a time.
 
-    ``images``: float32 ``(X, Y, Z)`` normalised like the training images; ``labels``:
-    int ``(X, Y, Z)`` in ``0..model.n_classes-1``. The model is put in eval mode.
+    ``model``: a :class:`Segmenter` or any network returning logits ``(B, C, X, Y, Z)``
+    (e.g. the audit's :class:`~napari_invert.models.sources.ModelAdapter`; its
+    ``volume_logits`` is used when present). ``images``: float32 ``(X, Y, Z)`` normalised
+    like the training images; ``labels``: int ``(X, Y, Z)`` in ``0..C-1`` (``C`` =
+    ``model.n_classes`` or the logits' channels). The model is put in eval mode.
     """
     if len(images) != len(labels):
         raise ValueError(f"got {len(images)} images but {len(labels)} label maps")
@@ -131,9 +148,10 @@ def score_volumes(
         raise ValueError(f"got {len(images)} images but {len(ids)} subject ids")
     dev = _device_of(model) if device is None else torch.device(device)
     model.to(dev)
-    model.eval()
+    if callable(getattr(model, "eval", None)):
+        model.eval()
     loss_fn = IndexedDiceCELoss()
-    n_classes = model.n_classes
+    n_classes = getattr(model, "n_classes", None)
     out = {name: np.empty(len(images)) for name in SIGNALS}
     for i, (image, lab) in enumerate(zip(images, labels)):
         if lab is None:
@@ -141,13 +159,17 @@ def score_volumes(
         lab = np.asarray(lab)
         if lab.shape != np.shape(image):
             raise ValueError(f"subject {ids[i]}: labels {lab.shape} and image {np.shape(image)} differ")
-        if lab.min() < 0 or lab.max() >= n_classes:
-            raise ValueError(f"subject {ids[i]}: labels must lie in 0..{n_classes - 1}")
         x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None].to(dev)
         y = torch.as_tensor(lab.astype(np.int64))[None, None].to(dev)
         with autocast(dev):
-            logits = model(x)
+            logits = _volume_logits(model, x)
         logits = logits.float()
+        if n_classes is None:
+            n_classes = int(logits.shape[1])
+        if logits.shape[2:] != y.shape[2:]:
+            raise ValueError(f"subject {ids[i]}: logits {tuple(logits.shape)} do not match the image")
+        if lab.min() < 0 or lab.max() >= n_classes:
+            raise ValueError(f"subject {ids[i]}: labels must lie in 0..{n_classes - 1}")
         out["loss"][i] = float(loss_fn(logits, y))
         prob_true = torch.softmax(logits, dim=1).gather(1, y)
         out["confidence"][i] = float(prob_true.mean())
@@ -157,7 +179,7 @@ def score_volumes(
 
 
 def score_subjects(
-    model: Segmenter, subjects: Sequence[SubjectLike], device: str | torch.device | None = None
+    model: Segmenter | Any, subjects: Sequence[SubjectLike], device: str | torch.device | None = None
 ) -> SignalScores:
     """:func:`score_volumes` for subject records (``subject_id``, ``image``, ``labels``)."""
     return score_volumes(

@@ -151,6 +151,17 @@ def _membership(results: StudyResults, log: Log) -> dict[str, dict[str, Any]]:
     return pooled
 
 
+def _audit_membership_note(root: Path) -> str | None:
+    """For an audit folder without a membership result: why (from ``audit.json``)."""
+    path = root / "audit.json"
+    if not path.is_file():
+        return None
+    from napari_invert._io import read_json
+
+    status = (read_json(path).get("membership") or {}).get("status") or "not run"
+    return f"[{TRAINING_DATA_LEAKAGE}] not measured: {status}."
+
+
 def _arch_dirs(fold_dir: Path) -> list[str]:
     return [p.name for p in fold_dir.iterdir() if p.is_dir()]
 
@@ -177,6 +188,8 @@ def membership_verdicts(pooled: dict[str, dict[str, Any]]) -> list[str]:
             if lo > 0.5
             else ". No clear evidence the weights reveal who trained them."
         )
+        if doc.get("lira"):
+            text += f" Threshold attacks only; likelihood-ratio attack (LiRA) {doc['lira']}."
         out.append(text)
     return out
 
@@ -420,7 +433,8 @@ def evaluate_study(
         verdicts = controls["verdicts"] + verdicts  # lead with the controls
     membership = _membership(results, log)
     verdicts += membership_verdicts(membership) or [
-        f"[{TRAINING_DATA_LEAKAGE}] not measured: membership inference needs held-out non-members "
+        _audit_membership_note(folder.root)
+        or f"[{TRAINING_DATA_LEAKAGE}] not measured: membership inference needs held-out non-members "
         "(set holdout > 0 and membership.enabled in the config)."
     ]
     n_candidates = max((len(v.candidate_ids) for v in variants.values()), default=0)

@@ -161,15 +161,25 @@ class ModelAdapter:
         """Label map ``(X, Y, Z)`` int64 (argmax over classes) of one ``(X, Y, Z)`` image;
         by sliding window of ``patch_size`` when the model was trained on patches."""
         x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None, None].to(self.device)
+        return self.volume_logits(x).argmax(1)[0].cpu().numpy().astype(np.int64)
+
+    @torch.no_grad()
+    def volume_logits(self, x: Tensor) -> Tensor:
+        """Logits ``(B, C, X, Y, Z)`` of whole volumes ``x (B, C_in, X, Y, Z)``: by sliding
+        window of ``patch_size`` when the model was trained on patches, else one forward pass
+        (the path :meth:`segment` and the membership signals use)."""
         if self.patch_size:
             from monai.inferers import sliding_window_inference
 
-            logits = sliding_window_inference(
-                x, self.patch_size, 1, self.forward, overlap=self.config.sw_overlap, mode="gaussian"
+            return sliding_window_inference(
+                x.to(self.device),
+                self.patch_size,
+                1,
+                self.forward,
+                overlap=self.config.sw_overlap,
+                mode="gaussian",
             )
-        else:
-            logits = self.forward(x)
-        return logits.argmax(1)[0].cpu().numpy().astype(np.int64)
+        return self.forward(x)
 
     # -- taps ------------------------------------------------------------------------------
     def resolve_tap(self, entry: str | dict[str, Any]) -> tuple[str, list[str]]:
