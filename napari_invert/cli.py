@@ -7,6 +7,8 @@ Sub-commands::
     napari-invert study CONFIG --out DIR [--device cpu|cuda] [--folds 0 1 ...]
     napari-invert evaluate STUDY_DIR [--metrics ...] [--deformation full|sample|off]
     napari-invert bench [--quick] [--device ...]
+    napari-invert defend CONFIG --out DIR [--folds 0 ...]   defended victims (config ``defences:``)
+    napari-invert frontier STUDY... [--out DIR]             privacy-utility frontier of the defences
     napari-invert view STUDY_DIR        open the study in napari (needs the [napari] extra)
 
 Errors meant for the user (bad files, bad configs) are printed as one line on stderr and
@@ -113,6 +115,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_defend(args: argparse.Namespace) -> int:
+    from napari_invert.config import load_config
+    from napari_invert.study.defended import run_defended_study
+
+    config = load_config(args.config)
+    if not config.defences:
+        raise ConfigError(f"{args.config}: defences: the list is empty; nothing to defend")
+    paths = run_defended_study(
+        config,
+        args.out,
+        device=args.device,
+        folds=args.folds,
+        architectures=args.architectures,
+        defences=args.only,
+        progress=not args.no_progress,
+    )
+    print(f"defended experiments finished: {len(paths)} in {Path(args.out) / 'defences'}")
+    if args.frontier:
+        return _frontier([Path(args.out)], None)
+    return 0
+
+
+def _frontier(studies: list[Path], out: Path | None) -> int:
+    from napari_invert.report.frontier import write_frontier
+
+    written = write_frontier(studies, out)
+    for line in written["verdict"]:
+        print(line)
+    print(f"frontier: {written['files']['frontier.md'].parent}")
+    return 0
+
+
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    return _frontier([Path(s) for s in args.study], Path(args.out) if args.out else None)
+
+
 def _cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a window
     try:
         import napari
@@ -201,6 +239,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="finished study folders whose end-to-end wall times (manifest.json) are reported",
     )
     bench.set_defaults(func=_cmd_bench)
+
+    defend = sub.add_parser("defend", help="train and attack the defended victims of a config's defences")
+    defend.add_argument("config", help="YAML study config with a defences: list")
+    defend.add_argument("--out", required=True, help="study folder (shared with 'study'; rerun to resume)")
+    defend.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds")
+    defend.add_argument("--architectures", nargs="+", default=None, choices=["unet", "segnet"])
+    defend.add_argument(
+        "--only", nargs="+", default=None, help="only these defences (slugs: none noise-0.5 ...)"
+    )
+    defend.add_argument("--frontier", action="store_true", help="write the frontier afterwards")
+    add_common(defend)
+    defend.set_defaults(func=_cmd_defend)
+
+    frontier = sub.add_parser("frontier", help="privacy-utility frontier of defended victims (table, figure)")
+    frontier.add_argument("study", nargs="+", help="study folder(s) with defended experiments")
+    frontier.add_argument("--out", default=None, help="output folder (default: STUDY/evaluation/frontier)")
+    frontier.set_defaults(func=_cmd_frontier)
 
     view = sub.add_parser("view", help="open a study folder in napari")
     view.add_argument("study", help="study folder")

@@ -18,7 +18,7 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
       evaluation/                            written by ``napari-invert evaluate``
       defences/<variant>/fold<k>/<arch>@<defence>/segmenter.*, exposed/decoder.*, exposed/recon/,
-                                             result.json   (napari_invert.defences; ``napari-invert frontier``)
+                                             result.json   (napari_invert.defences)
 
 ``<tap>`` is the tap name with ``+`` replaced by ``_`` (``bottleneck_skips``).
 All paths are produced by :class:`StudyFolder`; nothing else should build them by hand.
