@@ -122,15 +122,14 @@ def _cmd_defend(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not config.defences:
         raise ConfigError(f"{args.config}: defences: the list is empty; nothing to defend")
-    paths = run_defended_study(
-        config,
-        args.out,
-        device=args.device,
-        folds=args.folds,
-        architectures=args.architectures,
-        defences=args.only,
-        progress=not args.no_progress,
-    )
+    jobs = args.jobs if args.jobs is not None else config.jobs
+    kw = {"architectures": args.architectures, "defences": args.only, "progress": not args.no_progress}
+    if jobs > 1:
+        from napari_invert.study.defended import run_defended_parallel
+
+        paths = run_defended_parallel(config, args.out, jobs, device=args.device, folds=args.folds, **kw)
+    else:
+        paths = run_defended_study(config, args.out, device=args.device, folds=args.folds, **kw)
     print(f"defended experiments finished: {len(paths)} in {Path(args.out) / 'defences'}")
     if args.frontier:
         return _frontier([Path(args.out)], None)
@@ -248,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     defend.add_argument(
         "--only", nargs="+", default=None, help="only these defences (slugs: none noise-0.5 ...)"
     )
+    defend.add_argument("--jobs", type=int, default=None, help="parallel fold processes (default: config)")
     defend.add_argument("--frontier", action="store_true", help="write the frontier afterwards")
     add_common(defend)
     defend.set_defaults(func=_cmd_defend)

@@ -111,6 +111,41 @@ def run_defended_study(
     return out
 
 
+def _run_fold_job(config_json: dict, out_dir: str, device: str | None, folds: list[int], kw: dict) -> int:
+    import torch
+
+    torch.set_num_threads(1)
+    config = StudyConfig.model_validate(config_json)
+    return len(run_defended_study(config, out_dir, device=device, folds=folds, **kw))
+
+
+def run_defended_parallel(
+    config: StudyConfig,
+    out_dir: str | Path,
+    jobs: int,
+    *,
+    device: str | None = None,
+    folds: Iterable[int] | None = None,
+    **kw: Any,
+) -> list[Path]:
+    """:func:`run_defended_study` with the folds spread over ``jobs`` processes (one torch
+    thread each), as :func:`~napari_invert.study.runner.run_study_parallel` does."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from napari_invert.study.runner import StudyRunner
+
+    StudyRunner(config, out_dir, device=device, folds=[], progress=kw.get("progress", True)).run()
+    chosen = sorted(set(folds)) if folds is not None else list(range(config.folds))
+    groups = [chosen[i::jobs] for i in range(jobs) if chosen[i::jobs]]
+    payload = config.model_dump(mode="json")
+    with ProcessPoolExecutor(max_workers=len(groups), mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_run_fold_job, payload, str(out_dir), device, g, kw) for g in groups]
+        for f in futures:
+            f.result()
+    return StudyFolder(Path(out_dir)).defended_results()
+
+
 def _prior(folder: StudyFolder, data: _VariantData, variant: str, fold: dict[str, Any]) -> np.ndarray:
     """The attacker's prior (mean of its own images), written where the study runner writes it."""
     from napari_invert.data.nifti import save_nifti
@@ -121,6 +156,81 @@ def _prior(folder: StudyFolder, data: _VariantData, variant: str, fold: dict[str
         prior = np.mean([data.images[s] for s in fold["attack"]], axis=0).astype(np.float32)
         save_nifti(path, prior, data.affine)
     return _read_array(path, np.float32)
+
+
+def reuses_reference(spec: DefenceSpec) -> bool:
+    """Inference-only noise / quantisation: the victim's weights are the reference's."""
+    return spec.kind in ("noise", "quantise") and not bool(spec.params.get("train", True))
+
+
+def _defended_victim(
+    config: StudyConfig,
+    folder: StudyFolder,
+    data: _VariantData,
+    variant: str,
+    k: int,
+    members: list[str],
+    arch: str,
+    spec: DefenceSpec,
+    device: Any,
+    progress: bool,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Load or train the victim of ``spec`` -> ``(trained network, deployed network, info)``.
+
+    An inference-only perturbation reuses the reference's trained weights (trained here if
+    they are missing) and only wraps them, so it costs no extra victim training.
+    """
+    import torch
+
+    from napari_invert.defences.perturb import DefendedSegmenter
+    from napari_invert.defences.training import perturbation_for, train_defended_victim
+    from napari_invert.models import load_segmenter, save_segmenter
+
+    perturbation_seed = config.attack.train.seed + 1000 * k + 17
+    if reuses_reference(spec):
+        model, _, _ = _defended_victim(
+            config, folder, data, variant, k, members, arch, REFERENCE, device, progress, should_stop
+        )
+        perturbation = perturbation_for(spec, perturbation_seed)
+        return model, DefendedSegmenter(model, perturbation).eval(), {"weights": "reference (none)"}
+    stem = folder.defended_segmenter_stem(variant, k, arch, spec.slug)
+    if stem.with_suffix(".json").is_file():
+        model, meta = load_segmenter(stem, device)
+        perturbation = perturbation_for(spec, perturbation_seed)
+        deployed = model if perturbation is None else DefendedSegmenter(model, perturbation).eval()
+        return model, deployed, dict(meta.get("defence_info") or {})
+    torch.manual_seed(config.segmenter_training.seed + 1000 * k)
+    train_cfg = config.segmenter_training.model_copy(
+        update={"seed": config.segmenter_training.seed + 1000 * k}
+    )
+    model, deployed, info = train_defended_victim(
+        arch,
+        config.segmenter,
+        data.n_classes,
+        spec,
+        [data.images[s] for s in members],
+        [data.labels[s] for s in members],
+        train_cfg,
+        device,
+        checkpoint_stem=stem.with_name("segmenter_resume"),
+        curve_path=folder.defended_segmenter_curve(variant, k, arch, spec.slug),
+        progress=progress,
+        should_stop=should_stop,
+        perturbation_seed=perturbation_seed,
+    )
+    save_segmenter(
+        stem,
+        model,
+        {
+            "variant": variant,
+            "fold": k,
+            "trained_on": members,
+            "defence": spec.to_dict(),
+            "defence_info": info,
+        },
+    )
+    return model, deployed, info
 
 
 def run_defended_experiment(
@@ -148,8 +258,6 @@ def run_defended_experiment(
         victim_dice,
     )
     from napari_invert.defences.taps import ExposedTapper
-    from napari_invert.defences.training import perturbation_for, train_defended_victim
-    from napari_invert.models import load_segmenter, save_segmenter
 
     k = int(fold["fold"])
     result_path = folder.defended_result(variant, k, arch, spec.slug)
@@ -160,52 +268,11 @@ def run_defended_experiment(
     attackers = list(fold["attack"])
     holdout = list(fold.get("holdout") or [])
     unseen = holdout or attackers
-    perturbation_seed = config.attack.train.seed + 1000 * k + 17
 
     # 1. the defended victim (members only)
-    stem = folder.defended_segmenter_stem(variant, k, arch, spec.slug)
-    info: dict[str, Any]
-    if stem.with_suffix(".json").is_file():
-        model, meta = load_segmenter(stem, device)
-        info = dict(meta.get("defence_info") or {})
-        perturbation = perturbation_for(spec, perturbation_seed)
-        if perturbation is None:
-            deployed = model
-        else:
-            from napari_invert.defences.perturb import DefendedSegmenter
-
-            deployed = DefendedSegmenter(model, perturbation).eval()
-    else:
-        torch.manual_seed(config.segmenter_training.seed + 1000 * k)
-        train_cfg = config.segmenter_training.model_copy(
-            update={"seed": config.segmenter_training.seed + 1000 * k}
-        )
-        model, deployed, info = train_defended_victim(
-            arch,
-            config.segmenter,
-            data.n_classes,
-            spec,
-            [data.images[s] for s in members],
-            [data.labels[s] for s in members],
-            train_cfg,
-            device,
-            checkpoint_stem=stem.with_name("segmenter_resume"),
-            curve_path=folder.defended_segmenter_curve(variant, k, arch, spec.slug),
-            progress=progress,
-            should_stop=should_stop,
-            perturbation_seed=perturbation_seed,
-        )
-        save_segmenter(
-            stem,
-            model,
-            {
-                "variant": variant,
-                "fold": k,
-                "trained_on": members,
-                "defence": spec.to_dict(),
-                "defence_info": info,
-            },
-        )
+    _model, deployed, info = _defended_victim(
+        config, folder, data, variant, k, members, arch, spec, device, progress, should_stop
+    )
 
     # 2. the attacker, retrained from scratch against the defended victim (its own data only)
     tapper = ExposedTapper(deployed)
