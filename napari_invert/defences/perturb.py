@@ -95,7 +95,8 @@ class FeatureQuantiser(nn.Module):
         steps = 2**self.bits - 1
         scale = (hi - lo).clamp_min(1e-12) / steps
         q = torch.round((x - lo) / scale).clamp(0, steps) * scale + lo
-        return (x + (q - x).detach()).to(t.dtype)
+        # straight-through: the value is exactly q, the gradient that of the identity
+        return (q.detach() + (x - x.detach())).to(t.dtype)
 
     def forward(self, f: EncoderFeatures) -> EncoderFeatures:
         return _map_floats(f, self.quantise)
