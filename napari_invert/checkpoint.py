@@ -6,22 +6,29 @@ Neither format can execute code when loaded, unlike pickle (``torch.save``), so 
 checkpoint received from someone else is safe to open.
 
 Both files are written atomically; the JSON is written last and is the "commit" marker:
-a checkpoint without its JSON is treated as absent.
+a checkpoint without its JSON is treated as absent. Each save stamps both files with the same
+random ``save_id`` (in the safetensors header metadata and in the JSON), so a crash between the
+two writes — new weights beside an older description — is detected on load instead of
+silently pairing, say, new weights with an old step count.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from napari_invert._io import atomic_path, read_json, write_json_atomic
 from napari_invert.errors import CheckpointError, DataError
 
 FORMAT_VERSION = 1
+
+#: Key of the save stamp in the safetensors header metadata and in the JSON.
+SAVE_ID_KEY = "save_id"
 
 
 def checkpoint_paths(stem: str | Path) -> tuple[Path, Path]:
@@ -51,10 +58,16 @@ def save_checkpoint(
     """
     weights_path, meta_path = checkpoint_paths(stem)
     clean = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+    save_id = uuid.uuid4().hex
     with atomic_path(weights_path) as tmp:
-        save_file(clean, str(tmp))
-    write_json_atomic(meta_path, {"format_version": FORMAT_VERSION, **meta})
+        save_file(clean, str(tmp), metadata={SAVE_ID_KEY: save_id})
+    write_json_atomic(meta_path, {"format_version": FORMAT_VERSION, **meta, SAVE_ID_KEY: save_id})
     return weights_path, meta_path
+
+
+def _weights_save_id(weights_path: Path) -> str | None:
+    with safe_open(str(weights_path), framework="pt") as handle:
+        return (handle.metadata() or {}).get(SAVE_ID_KEY)
 
 
 def load_checkpoint(
@@ -74,9 +87,16 @@ def load_checkpoint(
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise CheckpointError(f"{meta_path}: not a napari-invert checkpoint description")
     try:
+        weights_id = _weights_save_id(weights_path)
         tensors = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights_path}: unreadable safetensors file ({exc})") from None
+    meta_id = meta.pop(SAVE_ID_KEY, None)
+    if (meta_id is not None or weights_id is not None) and meta_id != weights_id:
+        raise CheckpointError(
+            f"{weights_path}: weights and {meta_path.name} come from different saves (interrupted "
+            "between the two writes?); delete both files to redo this step"
+        )
     return tensors, meta
 
 

@@ -82,6 +82,8 @@ def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
         study, metrics=metrics, deformation=deformation, device=device, progress=progress
     )
     report = getattr(summary, "report_path", Path(study) / "evaluation" / "report.html")
+    for line in summary.verdicts:
+        print(f"- {line}")
     print(f"report: {report}")
     return 0
 

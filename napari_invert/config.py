@@ -17,17 +17,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from napari_invert.errors import ConfigError
+from napari_invert.tap_names import VALID_TAPS as VALID_TAPS  # re-exported (plugin, older code)
+from napari_invert.tap_names import parse_tap
 
 Architecture = Literal["unet", "segnet"]
 Variant = Literal["skull_stripped", "full_head"]
-TapName = Literal["bottleneck", "bottleneck+skips", "bottleneck+indices"]
+#: A tap name (see :mod:`napari_invert.tap_names`): ``bottleneck``, ``bottleneck+skips``,
+#: ``skip0``, ``bottleneck+skip3``, ``bottleneck+indices0`` ...
+TapName = str
 PositiveFloat = Annotated[float, Field(gt=0)]
-
-#: Taps that make sense for each architecture (what the attacker can read).
-VALID_TAPS: dict[str, tuple[str, ...]] = {
-    "unet": ("bottleneck", "bottleneck+skips"),
-    "segnet": ("bottleneck", "bottleneck+indices"),
-}
 
 
 class _Strict(BaseModel):
@@ -69,7 +67,16 @@ class PreprocessConfig(_Strict):
     """
 
     voxel_mm: PositiveFloat | None = None
-    crop_to_mask: bool = Field(default=True, description="crop to the union of brain masks")
+    crop_to_mask: bool = Field(
+        default=True,
+        description=(
+            "crop to the union bounding box of the brain masks (heads for full-head cohorts). The "
+            "window is the victim's input grid, a public property of a deployed model that anyone "
+            "running it (a white-box attacker included) must know; private subjects set only its "
+            "six bounds (plus a margin), never any intensity. false = the whole resampled grid, "
+            "independent of every subject"
+        ),
+    )
     normalisation: Literal["percentile", "zscore", "nyul", "none"] = "percentile"
     percentiles: tuple[float, float] = (0.5, 99.5)
     n4: bool = False
@@ -131,11 +138,10 @@ class AttackConfig(_Strict):
     @model_validator(mode="after")
     def _taps_fit_architecture(self) -> AttackConfig:
         for arch, taps in self.taps.items():
+            if len(set(taps)) != len(taps):
+                raise ValueError(f"taps of {arch} repeat: {taps}")
             for tap in taps:
-                if tap not in VALID_TAPS[arch]:
-                    raise ValueError(
-                        f"tap '{tap}' is not available for {arch} (choose from {VALID_TAPS[arch]})"
-                    )
+                parse_tap(tap, arch)  # grammar and architecture; levels are checked by StudyConfig
         return self
 
 
@@ -251,6 +257,60 @@ DefenceConfig = Annotated[
 ]
 
 
+MembershipAttack = Literal[
+    "loss_threshold", "dice_threshold", "confidence_threshold", "lira_offline", "lira_global"
+]
+
+
+class MembershipConfig(_Strict):
+    """Membership inference (threat model "training-data leakage"): was a scan with its
+    labels one of the victim's training subjects?
+
+    ``attacks``: ``*_threshold`` score each candidate by the victim's loss / foreground Dice
+    / true-class confidence; ``lira_offline`` and ``lira_global`` compare that score with
+    ``n_shadows`` shadow segmenters the attacker trains on random halves of its own
+    subjects (likelihood-ratio attack, Carlini et al. 2022) using ``lira_signal``.
+    ``fpr``: the false-positive rate at which TPR is reported (the report says when the
+    number of non-members cannot support it). ``bootstrap`` / ``permutations``: resamples
+    for the AUC interval and p-value. ``untrained_control``: also attack the victim's
+    architecture at initialisation (expected AUC 0.5).
+    """
+
+    enabled: bool = True
+    n_shadows: int = Field(default=4, ge=0, description="shadow segmenters for the likelihood-ratio attack")
+    attacks: list[MembershipAttack] = Field(
+        default_factory=lambda: ["loss_threshold", "dice_threshold", "lira_offline", "lira_global"],
+        min_length=1,
+    )
+    lira_signal: Literal["loss", "dice", "confidence"] = "loss"
+    fpr: float = Field(default=0.05, gt=0, lt=1, description="FPR at which TPR is reported")
+    bootstrap: int = Field(default=2000, ge=100, description="bootstrap resamples for the AUC interval")
+    permutations: int = Field(default=2000, ge=100, description="relabellings for the AUC p-value")
+    seed: int = 0
+    untrained_control: bool = True
+
+    @model_validator(mode="after")
+    def _shadows_for_lira(self) -> MembershipConfig:
+        if any(a.startswith("lira") for a in self.attacks) and self.n_shadows < 2:
+            raise ValueError("n_shadows must be >= 2 for the likelihood-ratio attacks (lira_*)")
+        return self
+
+
+class ControlsConfig(_Strict):
+    """Controls every study computes (each switchable off), so each result can be read against them.
+
+    ``untrained_victim``: the same architecture at its initialisation (seeded as the trained
+    victim's start), attacked exactly like the trained one: what survives is feature inversion
+    that needs no training. ``reid_baselines``: re-identification by the brain-mask shape alone
+    (Dice of the thresholded reconstruction with each candidate's mask), by the attacker's mean
+    image, and every score again inside one mask common to all candidates (so the outline alone
+    cannot identify).
+    """
+
+    untrained_victim: bool = True
+    reid_baselines: bool = True
+
+
 class StudyConfig(_Strict):
     """A complete k-fold inversion study (the paper's protocol and its variations)."""
 
@@ -259,6 +319,20 @@ class StudyConfig(_Strict):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     folds: int = Field(default=4, ge=2)
     split_seed: int = 0
+    holdout: int | Literal["fold"] = Field(
+        default="fold",
+        description=(
+            "held-out NON-members per fold: subjects neither the victim nor the attacker trains on, "
+            "reconstructed and scored like the private members (the members-versus-non-members "
+            "control). 'fold' = as many as a fold's private set (LPBA40: 10 private / 10 held out / "
+            "20 attack; every subject is held out exactly once); 0 = off (the paper's 10 / 30)"
+        ),
+    )
+    controls: ControlsConfig = Field(default_factory=ControlsConfig)
+    membership: MembershipConfig = Field(
+        default_factory=MembershipConfig,
+        description="membership inference (training-data leakage); needs held-out non-members (holdout > 0)",
+    )
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     segmenter_training: TrainConfig = Field(default_factory=TrainConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
@@ -272,6 +346,33 @@ class StudyConfig(_Strict):
     def multiple_of(self) -> int:
         """Spatial sizes must be divisible by this (``pool_size ** levels``)."""
         return self.segmenter.pool_size**self.segmenter.levels
+
+    @model_validator(mode="after")
+    def _no_cohort_fitted_normalisation(self) -> StudyConfig:
+        if self.preprocess.normalisation == "nyul":
+            raise ValueError(
+                "preprocess.normalisation: 'nyul' learns its landmarks from every subject a study "
+                "prepares, private ones included, which leaks their histograms to the attacker; use "
+                "'percentile' or 'zscore' (per subject) in studies"
+            )
+        return self
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout_non_negative(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("holdout must be 'fold' or a number >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _tap_levels_exist(self) -> StudyConfig:
+        for arch, taps in self.attack.taps.items():
+            for tap in taps:
+                try:
+                    parse_tap(tap, arch, self.segmenter.levels)
+                except ValueError as exc:
+                    raise ValueError(f"attack.taps.{arch}: {exc}") from None
+        return self
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

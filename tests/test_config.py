@@ -42,7 +42,7 @@ def test_wrong_value_is_named(tmp_path):
 
 
 def test_tap_must_fit_architecture():
-    with pytest.raises(ConfigError, match="bottleneck\\+indices' is not available for unet"):
+    with pytest.raises(ConfigError, match="bottleneck\\+indices': unet has no pooling indices"):
         parse_config({"cohort": {"kind": "demo"}, "attack": {"taps": {"unet": ["bottleneck+indices"]}}})
 
 

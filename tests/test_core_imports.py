@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-CORE = ["data", "models", "attack", "metrics", "identify", "study", "report", "config", "cli"]
+CORE = ["data", "models", "attack", "metrics", "identify", "membership", "study", "report", "config", "cli"]
 
 SCRIPT = f"""
 import importlib, importlib.util, json, pkgutil, sys

@@ -16,9 +16,11 @@ from napari_invert.study.layout import StudyFolder
 
 TINY = {
     "name": "tiny_defences",
-    "cohort": {"kind": "demo", "n_subjects": 6, "seed": 3, "demo_voxel_mm": 8.0},
+    "cohort": {"kind": "demo", "n_subjects": 8, "seed": 3, "demo_voxel_mm": 8.0},
     "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
-    "folds": 2,
+    "folds": 4,
+    "holdout": "fold",  # 2 members / 2 held-out non-members / 4 attack subjects per fold
+    "membership": {"n_shadows": 0, "attacks": ["loss_threshold", "dice_threshold"]},
     "segmenter": {"architectures": ["unet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
     "segmenter_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
     "attack": {
@@ -41,7 +43,7 @@ def defended_study(tmp_path_factory) -> Path:
     from napari_invert.data.demo import make_demo_cohort
 
     root = tmp_path_factory.mktemp("defended")
-    cohort = make_demo_cohort(root / "cohort", n_subjects=6, seed=3, voxel_mm=8.0, progress=False)
+    cohort = make_demo_cohort(root / "cohort", n_subjects=8, seed=3, voxel_mm=8.0, progress=False)
     data = {**TINY, "cohort": {**TINY["cohort"], "path": str(cohort)}}
     study = root / "study"
     paths = run_defended_study(parse_config(data), study, folds=[0], progress=False)
@@ -62,17 +64,20 @@ def test_defended_experiments_retrain_the_attacker_and_measure_both_threats(defe
                 folder.defended_decoder_stem("skull_stripped", k, "unet", slug).with_suffix(".json")
             )
             assert meta["defence"] == slug and meta["trained_on"] == fold["attack"]
-            # members are reconstructed and ranked among all 6 subjects
+            # members are reconstructed and ranked among all 8 subjects, non-members too
             fi = r["feature_inversion"]
             assert fi["threat_model"] == "feature inversion" and fi["subjects"] == fold["private"]
-            assert fi["n_candidates"] == 6 and len(fi["rank"]) == len(fold["private"])
-            assert all(1 <= rank <= 6 for rank in fi["rank"])
+            assert fi["n_candidates"] == 8 and len(fi["rank"]) == len(fold["private"]) == 2
+            assert all(1 <= rank <= 8 for rank in fi["rank"])
             assert fi["top1"] == [int(rank == 1) for rank in fi["rank"]]
-            # utility on subjects the victim never saw; membership inference on members vs them
-            assert r["utility"]["subjects"] == fold["attack"] and len(r["utility"]["dice"]) == 3
+            assert len(fi["non_member_ssim_gain"]) == len(fold["holdout"]) == 2
+            # utility on held-out subjects; membership inference members vs held-out non-members
+            assert r["utility"]["subjects"] == fold["holdout"] and len(r["utility"]["dice"]) == 2
             tl = r["training_data_leakage"]
             assert tl["threat_model"] == "training-data leakage" and 0.0 <= tl["auc"] <= 1.0
-            for sid in fold["private"]:
+            assert tl["non_members"] == fold["holdout"] and tl["attack"].startswith("loss_threshold")
+            assert set(tl["attacks"]) == {"loss_threshold", "dice_threshold"}
+            for sid in [*fold["private"], *fold["holdout"]]:
                 assert folder.defended_recon("skull_stripped", k, "unet", slug, sid).is_file()
         # expose_less exposes no level-0 skip; the reference does
         assert read_json(folder.defended_result("skull_stripped", k, "unet", "expose_less-1"))["exposed"] == [
@@ -123,7 +128,8 @@ def test_frontier_cli_writes_table_figure_and_verdict(defended_study: Path, tmp_
         assert r["folds"] == "0"
         assert "[" in r["Dice (unseen) [95% CI]"]  # every point has an interval
         assert "[" in r["training-data leakage: MIA AUC [95% CI]"]
-        assert r["chance top-1"] == f"{1 / 6:.3f}"
+        assert r["chance top-1"] == f"{1 / 8:.3f}"
+        assert "[" in r["feature inversion: member - non-member gain [95% CI]"]
     doc = read_json(out / "frontier.json")
     assert len(doc["points"]) == 4 and doc["verdict"]
     md = (out / "frontier.md").read_text()

@@ -6,13 +6,14 @@ A *tapper* is a callable ``x -> list[Tensor]``: it runs the (frozen, eval-mode) 
 ran under bf16 autocast); max-pooling indices are int64 flat positions into the grid that
 was pooled.
 
-* :func:`make_tapper` for our segmenters, by option name:
+* :func:`make_tapper` for our segmenters, by tap name (grammar: :mod:`napari_invert.tap_names`):
 
   - ``bottleneck``: ``[bottleneck]`` (the paper's latent space ``Z = Enc(X)``);
   - ``bottleneck+skips`` (U-Net): ``[bottleneck, skip0, ..., skip{L-1}]`` — everything the
     U-Net decoder receives;
   - ``bottleneck+indices`` (SegNet): ``[bottleneck, indices0, ..., indices{L-1}]`` —
-    everything the SegNet decoder receives.
+    everything the SegNet decoder receives;
+  - per level and combinations: ``skip0``, ``bottleneck+skip3``, ``bottleneck+indices0`` ...
 
 * :class:`HookTapper` for any ``nn.Module`` (e.g. a stock ``monai.networks.nets.UNet``):
   forward hooks on named sub-modules, registered only for the duration of a call, so the
@@ -27,10 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from napari_invert.config import VALID_TAPS
 from napari_invert.device import autocast
 from napari_invert.errors import ConfigError
 from napari_invert.models.base import Segmenter
+from napari_invert.tap_names import VALID_TAPS, parse_tap
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -110,7 +111,7 @@ class Tapper:
 
 
 class SegmenterTapper(Tapper):
-    """Tapper for a :class:`~napari_invert.models.Segmenter` by tap option name."""
+    """Tapper for a :class:`~napari_invert.models.Segmenter` by tap name."""
 
     def __init__(self, model: Segmenter, tap: str) -> None:
         arch = getattr(model, "arch", None)
@@ -119,36 +120,34 @@ class SegmenterTapper(Tapper):
                 f"tap '{tap}': make_tapper needs a napari-invert Segmenter (unet/segnet); "
                 "use HookTapper(module, layer_names) for other networks"
             )
-        if tap not in VALID_TAPS[arch]:
-            raise ConfigError(
-                f"tap '{tap}' is not available for {arch} (choose from {list(VALID_TAPS[arch])})"
-            )
+        try:
+            names = parse_tap(tap, arch, model.levels)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         super().__init__(model)
         self.tap = tap
         self.arch = arch
-        levels = model.levels
-        if tap == "bottleneck":
-            self.names = ["bottleneck"]
-        elif tap == "bottleneck+skips":
-            self.names = ["bottleneck", *[f"skip{lvl}" for lvl in range(levels)]]
-        else:
-            self.names = ["bottleneck", *[f"indices{lvl}" for lvl in range(levels)]]
+        self.names = names
 
     def _tap(self, x: Tensor) -> list[Tensor]:
         f = self.module.encode(x)
-        if self.tap == "bottleneck":
-            return [f.bottleneck]
-        if self.tap == "bottleneck+skips":
-            return [f.bottleneck, *f.skips]
-        assert f.indices is not None
-        return [f.bottleneck, *f.indices]
+        out: list[Tensor] = []
+        for name in self.names:
+            if name == "bottleneck":
+                out.append(f.bottleneck)
+            elif name.startswith("skip"):
+                out.append(f.skips[int(name[4:])])
+            else:
+                assert f.indices is not None
+                out.append(f.indices[int(name[7:])])
+        return out
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "tap": self.tap, "arch": self.arch}
 
 
 def make_tapper(model: Segmenter, tap: str) -> SegmenterTapper:
-    """Tapper for option ``tap`` of a U-Net / SegNet (see :data:`~napari_invert.config.VALID_TAPS`).
+    """Tapper for tap name ``tap`` of a U-Net / SegNet (see :mod:`napari_invert.tap_names`).
 
     The model is frozen (eval mode, no gradients) in place.
     """

@@ -11,15 +11,16 @@ Every number says which threat model it answers:
   the attacker's prior (its mean image); with held-out subjects also the same gain for
   non-members (member minus non-member difference);
 * **training-data leakage** (the attacker has the weights and a candidate scan with its
-  labels): membership inference. :func:`membership_hook` is where the dedicated
-  membership-inference attack (``napari_invert.membership``) plugs in; until it is wired it
-  returns ``None`` and the built-in *Dice-threshold* attack is used: score = the victim's
-  Dice on the candidate, AUC of members versus non-members (0.5 = chance).
+  labels): membership inference with :mod:`napari_invert.membership`'s threshold attacks
+  (:func:`membership_hook`), members versus non-members (held out when the splits have them,
+  else the attacker's subjects, non-members of the victim too); AUC 0.5 = chance. Should
+  that module be missing, the Dice-threshold AUC computed here is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,20 +47,53 @@ def auc_mann_whitney(positive: Sequence[float], negative: Sequence[float]) -> fl
     return float((greater + 0.5 * ties) / (pos.size * neg.size))
 
 
+@dataclass
+class _Candidate:
+    subject_id: str
+    image: np.ndarray
+    labels: np.ndarray | None
+
+
 def membership_hook(
     model: Segmenter,
-    members: Sequence[tuple[np.ndarray, np.ndarray]],
-    non_members: Sequence[tuple[np.ndarray, np.ndarray]],
+    members: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    non_members: Sequence[tuple[str, np.ndarray, np.ndarray]],
     context: dict[str, Any],
 ) -> dict[str, Any] | None:
-    """HOOK for the membership-inference attack of ``napari_invert.membership``.
+    """Membership inference against a defended victim with :mod:`napari_invert.membership`.
 
-    Receives the deployed victim and ``(image, labels)`` pairs of members and non-members;
-    should return ``{"auc": float, "member_scores": [...], "non_member_scores": [...],
-    "attack": name}``. Returns ``None`` (not wired yet): the caller then falls back to the
-    Dice-threshold attack computed from the utility scores.
+    ``members`` / ``non_members``: ``(subject_id, image, labels)``. Runs the membership
+    module's threshold attacks (``context["attacks"]``, default loss and Dice thresholds)
+    on the deployed victim; the likelihood-ratio attacks are not run here because their
+    shadow segmenters would have to be retrained with every defence. Returns
+    ``{"attack", "auc", "member_scores", "non_member_scores", "attacks": {name: auc}}``
+    (scores: higher = member) or ``None`` when the membership module is unavailable.
     """
-    return None
+    try:
+        from napari_invert.identify.intervals import roc_auc
+        from napari_invert.membership.attacks import THRESHOLD_ATTACKS, run_attacks
+        from napari_invert.membership.signals import score_subjects
+    except ImportError:  # pragma: no cover - the module ships with the package
+        return None
+    wanted = [
+        a for a in context.get("attacks", ("loss_threshold", "dice_threshold")) if a in THRESHOLD_ATTACKS
+    ]
+    if not wanted or not members or not non_members:
+        return None
+    candidates = [_Candidate(*m) for m in members] + [_Candidate(*n) for n in non_members]
+    signals = score_subjects(model, candidates)
+    attacks = run_attacks(signals, wanted, None)
+    n = len(members)
+    aucs = {name: float(roc_auc(a["score"][:n], a["score"][n:])) for name, a in attacks.items()}
+    primary = wanted[0]
+    score = np.asarray(attacks[primary]["score"], dtype=float)
+    return {
+        "attack": f"{primary} (napari_invert.membership, no shadows)",
+        "auc": aucs[primary],
+        "member_scores": score[:n].tolist(),
+        "non_member_scores": score[n:].tolist(),
+        "attacks": aucs,
+    }
 
 
 def feature_inversion(

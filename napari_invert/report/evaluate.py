@@ -66,6 +66,7 @@ from napari_invert.report.tables import (
 )
 from napari_invert.study.layout import tap_slug
 from napari_invert.study.results import Experiment, StudyResults
+from napari_invert.threat_models import FEATURE_INVERSION, TRAINING_DATA_LEAKAGE
 
 #: Similarity metrics computed as full reconstruction x candidate matrices.
 SIMILARITY_METRICS: tuple[str, ...] = ("correlation", "ssim", "ssim_global")
@@ -607,6 +608,15 @@ def evaluate_study(
     for t in tables:
         files += t.write(out_dir / "tables")
     verdicts = _verdicts(evaluations, ev_cfg.identification_metric)
+    controls = _controls(folder.root, config, torch_device, log)
+    if controls is not None:
+        files.append(out_dir / "controls" / "controls.json")
+        verdicts = controls["verdicts"] + verdicts  # lead with the controls
+    membership = _membership(results, log)
+    verdicts += membership_verdicts(membership) or [
+        f"[{TRAINING_DATA_LEAKAGE}] not measured: membership inference needs held-out non-members "
+        "(set holdout > 0 and membership.enabled in the config)."
+    ]
 
     summary = EvaluationSummary(
         study_dir=folder.root,
@@ -640,6 +650,63 @@ def evaluate_study(
     write_json_atomic(out_dir / "summary.json", summary.to_dict())
     log(f"done in {summary.seconds:.1f}s -> {out_dir}")
     return summary
+
+
+def _controls(study_root: Path, config: Any, device: Any, log: _Log) -> dict[str, Any] | None:
+    """Members vs non-members, untrained victim and re-identification baselines
+    (:mod:`napari_invert.report.controls`), when the study has any of them."""
+    from napari_invert.report.controls import evaluate_controls
+
+    splits = StudyResults(study_root).splits
+    has_holdout = any(f.get("holdout") for f in splits["folds"])
+    if not (has_holdout or config.controls.untrained_victim or config.controls.reid_baselines):
+        return None
+    log("controls: members vs non-members, untrained victim, re-identification baselines")
+    return evaluate_controls(study_root, device=device, log=log)
+
+
+def _membership(results: StudyResults, log: _Log) -> dict[str, dict[str, Any]]:
+    """Pool the runner's per-fold membership-inference results: ``{"<variant>/<arch>": pooled}``."""
+    from napari_invert.membership import write_pooled_membership
+
+    pooled: dict[str, dict[str, Any]] = {}
+    for variant in results.variants:
+        for arch in sorted({a for f in (results.root / variant).glob("fold*") for a in _arch_dirs(f)}):
+            doc = write_pooled_membership(results.folder, variant, arch)
+            if doc is not None:
+                pooled[f"{variant}/{arch}"] = doc
+                log(f"membership inference pooled: {variant}/{arch}")
+    return pooled
+
+
+def _arch_dirs(fold_dir: Path) -> list[str]:
+    return [p.name for p in fold_dir.iterdir() if p.is_dir()]
+
+
+def membership_verdicts(pooled: dict[str, dict[str, Any]]) -> list[str]:
+    """One sentence per pooled result: the strongest attack's AUC beside its untrained control."""
+    out = []
+    for key, doc in pooled.items():
+        if not doc.get("attacks"):
+            continue
+        name, best = max(doc["attacks"].items(), key=lambda kv: kv[1]["auc"])
+        control = doc.get("controls", {}).get("untrained_victim", {}).get("attacks", {}).get(name)
+        lo, hi = best["auc_ci"]
+        text = (
+            f"[{TRAINING_DATA_LEAKAGE}] {key}: membership inference AUC {best['auc']:.2f} "
+            f"[{lo:.2f}, {hi:.2f}] "
+            f"({name}, p = {best['auc_p_value']:.2g}; {doc['n_members']} members vs {doc['n_nonmembers']} "
+            "held-out non-members; chance 0.5)"
+        )
+        if control:
+            text += f"; untrained victim {control['auc']:.2f}"
+        text += (
+            ". The weights reveal who trained them."
+            if lo > 0.5
+            else ". No clear evidence the weights reveal who trained them."
+        )
+        out.append(text)
+    return out
 
 
 def _private_fold(results: StudyResults, subject_id: str) -> int | None:
@@ -992,7 +1059,8 @@ def _verdicts(evaluations: list[ExperimentEvaluation], preferred: str) -> list[s
         gain = np.array([gain_of(metric, a, b) for a, b in zip(true, prior)])
         arch = {"unet": "U-Net", "segnet": "SegNet"}.get(ev.experiment.arch, ev.experiment.arch)
         text = (
-            f"{arch} {ev.experiment.tap} ({ev.experiment.variant}): {d['top1']}/{d['n_queries']} private "
+            f"[{FEATURE_INVERSION}] {arch} {ev.experiment.tap} ({ev.experiment.variant}): "
+            f"{d['top1']}/{d['n_queries']} private "
             f"subjects re-identified at top-1 by {metric_label(metric)} "
             f"(chance 1/{d['candidates_per_row']}, p = {d['p_value_top1']:.2g}); mean rank "
             f"{d['mean_rank']:.2f}; {metric_label(metric)} {np.nanmean(true):.2f} vs prior "

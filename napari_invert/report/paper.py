@@ -12,9 +12,25 @@ What the paper's metrics are (see ``../shared/paper/README.md``):
 * Every experiment is on LPBA40, 40 subjects, 4 folds of 10 private / 30 attack subjects.
 
 Values are ``(mean, sd)`` tuples; counts are out of :data:`PAPER_N`.
+
+Which of our rows the paper's numbers belong beside (the one place this mapping is made):
+the paper attacks "the latent space representation" ``Z = Enc(X)``, "the most compressed
+representation of the images in the network" (Sections 1 and 2.3, Figure 3, assumption 1),
+and its inversion decoder is ``X^ = D^(Z)``. That is our ``bottleneck`` tap. Our
+``bottleneck+skips`` (U-Net) and ``bottleneck+indices`` (SegNet) taps also read the skip
+features or pooling indices, which carry the image nearly 1:1 at level 0: they are *beyond the
+paper's attack*, and a number on them is never put beside (or said to "beat") the paper's.
+The untrained-victim control and defended victims get no paper numbers either.
 """
 
 from __future__ import annotations
+
+
+def comparable(arch: str, tap: str) -> bool:
+    """True when the paper's numbers for ``arch`` belong beside our row of ``(arch, tap)``:
+    the trained U-Net / SegNet attacked through the latent space (``bottleneck``) only."""
+    return arch in ("unet", "segnet") and tap == "bottleneck"
+
 
 #: Number of subjects (all of them reconstructed once over the 4 folds), paper Section 3.4.
 PAPER_N: int = 40

@@ -275,6 +275,8 @@ def _by_experiment(rows: Iterable[MetricRow]) -> dict[Experiment, dict[str, list
 
 
 def _paper_t1(e: Experiment, metric: str) -> tuple[float, float] | None:
+    if not paper.comparable(e.arch, e.tap):
+        return None
     return paper.TABLE1.get((e.arch, e.variant), {}).get(metric)
 
 
@@ -380,7 +382,11 @@ def table2(data: Mapping[Experiment, Mapping[str, OriginalsVsOthers]]) -> Table:
             om, osd, on = mean_sd(d.originals)
             xm, xsd, xn = mean_sd(d.others)
             diff = om - xm
-            p = paper.TABLE2.get(e.arch, {}).get(metric) if e.variant == "skull_stripped" else None
+            p = (
+                paper.TABLE2.get(e.arch, {}).get(metric)
+                if e.variant == "skull_stripped" and paper.comparable(e.arch, e.tap)
+                else None
+            )
             po = p["originals"] if p else None
             px = p["others"] if p else None
             rows.append(
@@ -469,7 +475,8 @@ def table3(
             top5s.append(k5 if ranks else "")
             means.append(mr)
         row += ["–" if not np.isfinite(v) else f"{v:.2f}" for v in means]
-        p = paper.TABLE3.get(e.arch) if e.variant == "skull_stripped" else None
+        comparable = e.variant == "skull_stripped" and paper.comparable(e.arch, e.tap)
+        p = paper.TABLE3.get(e.arch) if comparable else None
         for m in ("correlation", "ssim_global", "deformation"):
             row.append(f"{p[m]}/{paper.PAPER_N}" if p else "–")
         crow += top1s + top5s + means

@@ -339,13 +339,19 @@ def run_defended_experiment(
     dice_members = victim_dice(deployed, [data.images[s] for s in members], [data.labels[s] for s in members])
     hooked = membership_hook(
         deployed,
-        [(data.images[s], data.labels[s]) for s in members],
-        [(data.images[s], data.labels[s]) for s in unseen],
-        {"variant": variant, "fold": k, "arch": arch, "defence": spec.slug},
+        [(s, data.images[s], data.labels[s]) for s in members],
+        [(s, data.images[s], data.labels[s]) for s in unseen],
+        {
+            "variant": variant,
+            "fold": k,
+            "arch": arch,
+            "defence": spec.slug,
+            "attacks": config.membership.attacks,
+        },
     )
     if hooked is None:
         mia = {
-            "attack": "dice-threshold (built-in fallback; membership_hook not wired)",
+            "attack": "dice-threshold (built-in fallback)",
             "auc": auc_mann_whitney(dice_members, dice_unseen),
             "member_scores": dice_members,
             "non_member_scores": dice_unseen,

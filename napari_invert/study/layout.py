@@ -16,6 +16,8 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/<tap>/decoder.{safetensors,json}, decoder_curve.csv
       <variant>/fold<k>/<arch>/<tap>/recon/<ID>.nii.gz          model grid
       <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
+      <variant>/fold<k>/<arch>/membership/membership.json, membership_subjects.csv
+      <variant>/fold<k>/<arch>/membership/shadows/shadow<k>.{safetensors,json}, shadow<k>_curve.csv
       evaluation/                            written by ``napari-invert evaluate``
       defences/<variant>/fold<k>/<arch>@<defence>/segmenter.*, exposed/decoder.*, exposed/recon/,
                                              result.json   (napari_invert.defences)
@@ -153,6 +155,27 @@ class StudyFolder:
     def frontier_dir(self) -> Path:
         """``evaluation/frontier/``: table, figures and report section of the frontier."""
         return self.evaluation_dir / "frontier"
+
+    # -- membership inference (threat model "training-data leakage") -------------------
+    def membership_dir(self, variant: str, fold: int, arch: str) -> Path:
+        return self.arch_dir(variant, fold, arch) / "membership"
+
+    def membership_json(self, variant: str, fold: int, arch: str) -> Path:
+        return self.membership_dir(variant, fold, arch) / "membership.json"
+
+    def membership_csv(self, variant: str, fold: int, arch: str) -> Path:
+        return self.membership_dir(variant, fold, arch) / "membership_subjects.csv"
+
+    def shadow_stem(self, variant: str, fold: int, arch: str, k: int) -> Path:
+        """Shadow segmenter ``k`` (trained by the attacker on half of its own subjects)."""
+        return self.membership_dir(variant, fold, arch) / "shadows" / f"shadow{k}"
+
+    def shadow_curve(self, variant: str, fold: int, arch: str, k: int) -> Path:
+        return self.membership_dir(variant, fold, arch) / "shadows" / f"shadow{k}_curve.csv"
+
+    def membership_pooled_json(self, variant: str, arch: str) -> Path:
+        """Membership results of all folds of one architecture, pooled."""
+        return self.evaluation_dir / "membership" / f"{variant}_{arch}.json"
 
     # -- json documents ----------------------------------------------------------------
     def read_splits(self) -> dict[str, Any]:

@@ -18,6 +18,9 @@ DEMO: dict = {
     },
     "folds": 4,
     "split_seed": 0,
+    "holdout": "fold",  # 10 private / 10 held out / 20 attack: the members-vs-non-members control
+    "controls": {"untrained_victim": True, "reid_baselines": True},
+    "membership": {"n_shadows": 2},
     "segmenter": {
         "architectures": ["unet", "segnet"],
         "kernel_size": 3,

@@ -2,11 +2,17 @@
 
 For every variant (skull-stripped / full-head), fold and architecture the runner
 
-1. trains the victim segmenter on the fold's *private* subjects (Dice + cross-entropy),
+1. trains the victim segmenter on the fold's *private* subjects (the members),
 2. for every tap option of that architecture trains an inversion decoder on the fold's
-   *attack* subjects only (the attacker never sees a private image),
-3. reconstructs every private subject (and, for reference, the attack subjects) and writes
-   the reconstructions on the model grid and on each subject's native grid and affine.
+   *attack* subjects only (the attacker never sees a private or held-out image),
+3. reconstructs every private subject, every *held-out* subject (non-members: the
+   members-versus-non-members control) and, for reference, the attack subjects, and writes
+   the reconstructions on the model grid and (private and held-out) on each subject's native
+   grid and affine;
+4. runs the untrained-victim control (``controls.untrained_victim``): the same architecture
+   at the initialisation the trained victim started from, saved as ``<arch>@untrained``, and
+   attacked exactly like the trained one (feature inversion does not need a trained network:
+   this control measures how much of each result survives without training).
 
 Each finished step is recorded in ``manifest.json``; rerunning the same command skips
 finished steps and resumes an interrupted training from its last checkpoint. Every file
@@ -30,7 +36,8 @@ from napari_invert._io import write_json_atomic, write_text_atomic
 from napari_invert.config import StudyConfig, dump_config, parse_config
 from napari_invert.errors import ConfigError
 from napari_invert.study.layout import StudyFolder
-from napari_invert.study.splits import Fold, make_splits, splits_document
+from napari_invert.study.splits import Fold, make_splits, resolve_holdout, splits_document
+from napari_invert.threat_models import UNTRAINED, arch_key
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +172,11 @@ class StudyRunner:
         return Cohort.from_path(c.path, kind=c.kind, n_subjects=c.n_subjects)
 
     def _splits(self, subject_ids: list[str]) -> list[Fold]:
-        folds = make_splits(subject_ids, self.config.folds, self.config.split_seed)
+        holdout = resolve_holdout(self.config.holdout, len(subject_ids), self.config.folds)
+        try:
+            folds = make_splits(subject_ids, self.config.folds, self.config.split_seed, holdout)
+        except ValueError as exc:
+            raise ConfigError(f"{self.folder.config_path}: holdout/folds: {exc}") from None
         doc = splits_document(folds, self.config.split_seed)
         if self.folder.splits_path.exists():
             if self.folder.read_splits() != doc:
@@ -250,6 +261,7 @@ class StudyRunner:
         from napari_invert.data.nifti import save_nifti
 
         private = [by_id[s] for s in fold.private]
+        holdout = [by_id[s] for s in fold.holdout]
         attack = [by_id[s] for s in fold.attack]
         prior_path = self.folder.prior(variant, fold.fold)
         if not prior_path.exists():
@@ -257,24 +269,29 @@ class StudyRunner:
             prior = np.mean([s.image for s in attack], axis=0).astype(np.float32)
             save_nifti(prior_path, prior, prepared.affine)
         archs = self.only_archs or list(self.config.segmenter.architectures)
+        targets = [*private, *holdout]  # members, then non-members
         for arch in archs:
             model = self._train_segmenter(variant, fold, arch, private, prepared, device)
             for tap in self.config.attack.taps.get(arch, []):
-                self._attack(variant, fold, arch, tap, model, private, attack, prepared, device)
+                self._attack(variant, fold, arch, tap, model, targets, attack, prepared, device)
+            if self.config.membership.enabled and holdout:
+                self._membership(variant, fold, arch, model, private, holdout, attack, device)
+            if self.config.controls.untrained_victim:
+                control = self._untrained_segmenter(variant, fold, arch, prepared, device)
+                control_key = arch_key(arch, UNTRAINED)
+                for tap in self.config.attack.taps.get(arch, []):
+                    self._attack(variant, fold, control_key, tap, control, targets, attack, prepared, device)
 
     def _train_segmenter(self, variant: str, fold: Fold, arch: str, private: list, prepared, device):
-        from napari_invert.models import build_segmenter, load_segmenter, save_segmenter, train_segmenter
+        from napari_invert.models import load_segmenter, save_segmenter, train_segmenter
 
         key = f"segmenter:{variant}:fold{fold.fold}:{arch}"
         stem = self.folder.segmenter_stem(variant, fold.fold, arch)
         if self._done(key):
             model, _ = load_segmenter(stem, device)
             return model
-        n_classes = prepared.label_table.n_classes
-        model = build_segmenter(arch, self.config.segmenter, n_classes=n_classes)
-        train_cfg = self.config.segmenter_training.model_copy(
-            update={"seed": self.config.segmenter_training.seed + 1000 * fold.fold}
-        )
+        model = self._initial_segmenter(arch, fold, prepared)
+        train_cfg = self._victim_train_config(fold)
         t0 = time.perf_counter()
         history = train_segmenter(
             model,
@@ -304,7 +321,98 @@ class StudyRunner:
         self._mark(key, seconds=round(seconds, 1), final_loss=final_loss)
         return model
 
-    def _attack(self, variant, fold: Fold, arch, tap, model, private, attack, prepared, device) -> None:
+    def _victim_train_config(self, fold: Fold):  # -> TrainConfig
+        """The victim's training settings for ``fold`` (its seed differs per fold)."""
+        base = self.config.segmenter_training
+        return base.model_copy(update={"seed": base.seed + 1000 * fold.fold})
+
+    def _membership(self, variant: str, fold: Fold, arch: str, model, members, nonmembers, attack, device):
+        """Membership inference against the trained victim (threat model: training-data leakage):
+        members = the fold's private subjects, non-members = its held-out subjects; the attacker's
+        shadow segmenters train on halves of its own subjects with the victim's settings."""
+        from napari_invert.membership import run_membership_inference
+
+        key = f"membership:{variant}:fold{fold.fold}:{arch}"
+        if self._done(key):
+            return
+        if any(s.labels is None for s in (*members, *nonmembers, *attack)):
+            log.warning(
+                "membership inference skipped for %s fold %d: subjects without labels", arch, fold.fold
+            )
+            self._mark(key, skipped="subjects without labels")
+            return
+        t0 = time.perf_counter()
+        doc = run_membership_inference(
+            self.folder,
+            self.config.membership,
+            variant=variant,
+            fold=fold.fold,
+            arch=arch,
+            victim=model,
+            members=members,
+            nonmembers=nonmembers,
+            attacker_subjects=attack,
+            train_config=self._victim_train_config(fold),
+            device=device,
+            progress=self.progress,
+            should_stop=self.should_stop,
+        )
+        aucs = {name: round(float(a["auc"]), 3) for name, a in doc.get("attacks", {}).items()}
+        self._mark(key, seconds=round(time.perf_counter() - t0, 1), auc=aucs)
+
+    def _initial_segmenter(self, arch: str, fold: Fold, prepared):  # -> Segmenter
+        """The victim at initialisation, seeded per fold (the trained victim's starting point)."""
+        import torch
+
+        from napari_invert.models import build_segmenter
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.segmenter_training.seed + 1000 * fold.fold + 17)
+            return build_segmenter(arch, self.config.segmenter, n_classes=prepared.label_table.n_classes)
+
+    def _untrained_segmenter(self, variant: str, fold: Fold, arch: str, prepared, device):
+        """The untrained-victim control: saved as ``<arch>@untrained`` so the evaluation scores it
+        like any victim (its Dice shows it does not segment)."""
+        from napari_invert.models import load_segmenter, save_segmenter
+
+        key = f"segmenter:{variant}:fold{fold.fold}:{arch_key(arch, UNTRAINED)}"
+        stem = self.folder.segmenter_stem(variant, fold.fold, arch_key(arch, UNTRAINED))
+        if self._done(key):
+            model, _ = load_segmenter(stem, device)
+            return model
+        model = self._initial_segmenter(arch, fold, prepared).to(device)
+        save_segmenter(
+            stem,
+            model,
+            {
+                "variant": variant,
+                "fold": fold.fold,
+                "trained_on": [],
+                "control": UNTRAINED,
+                "label_table": prepared.label_table.to_dict(),
+            },
+        )
+        self._mark(key, control=UNTRAINED)
+        return model
+
+    def _decoder_settings(self, variant: str, fold: Fold, arch: str, tap: str) -> dict[str, Any]:
+        """What a study decoder must have been trained with; stored in ``decoder.json`` and
+        compared on reuse so a decoder trained elsewhere (the plugin, another config) is refused."""
+        cfg = self.config.attack
+        return {
+            "variant": variant,
+            "fold": fold.fold,
+            "arch": arch,
+            "tap": tap,
+            "trained_on": list(fold.attack),
+            "loss": cfg.loss,
+            "decoder_base_filters": cfg.decoder_base_filters,
+            "train": cfg.train.model_dump(mode="json"),
+        }
+
+    def _attack(self, variant, fold: Fold, arch, tap, model, targets: list, attack, prepared, device) -> None:
+        """Train (or reuse) the decoder for ``tap`` on ``attack`` and reconstruct ``targets``
+        (private + held-out subjects; the attack subjects too, for reference, when configured)."""
         import torch
 
         from napari_invert.attack import (
@@ -324,8 +432,16 @@ class StudyRunner:
         stem = self.folder.decoder_stem(variant, fold.fold, arch, tap)
         tapper = make_tapper(model, tap)
         t0 = time.perf_counter()
+        settings = self._decoder_settings(variant, fold, arch, tap)
         if (stem.parent / "decoder.json").exists():
-            decoder, _ = load_decoder(stem, device)
+            decoder, meta = load_decoder(stem, device)
+            stored = {k: meta.get(k) for k in settings}
+            if stored != settings:
+                differ = sorted(k for k in settings if stored.get(k) != settings[k])
+                raise ConfigError(
+                    f"{stem.parent / 'decoder.json'}: this decoder was not trained with this study's "
+                    f"settings (differs in: {', '.join(differ)}); move it away to retrain"
+                )
         else:
             torch.manual_seed(cfg.train.seed + 1000 * fold.fold)
             sample = torch.from_numpy(attack[0].image[None, None]).to(device)
@@ -344,26 +460,16 @@ class StudyRunner:
                 on_step=self._step_callback(key),
                 should_stop=self.should_stop,
             )
-            save_decoder(
-                stem,
-                decoder,
-                {
-                    "variant": variant,
-                    "fold": fold.fold,
-                    "arch": arch,
-                    "tap": tap,
-                    "trained_on": list(fold.attack),
-                },
-            )
-        targets = list(private) + (list(attack) if cfg.reconstruct_attack_subjects else [])
+            save_decoder(stem, decoder, settings)
+        targets = list(targets) + (list(attack) if cfg.reconstruct_attack_subjects else [])
         recons = reconstruct(tapper, decoder, [s.image for s in targets], device)
         for subject, recon in zip(targets, recons):
             recon = recon.astype(np.float32)
             sid = subject.subject_id
             save_nifti(self.folder.recon(variant, fold.fold, arch, tap, sid), recon, subject.affine)
-            if sid in fold.private:
-                # Private reconstructions are the evidence: also write them on the subject's
-                # own grid and affine (the attack-set ones are kept on the model grid only;
+            if sid in fold.private or sid in fold.holdout:
+                # Private (and held-out) reconstructions are the evidence: also write them on the
+                # subject's own grid and affine (the attack-set ones are kept on the model grid only;
                 # resampling 40 volumes to 1 mm would dominate the run time on a CPU).
                 native, native_affine = subject.to_native(recon, order=1)
                 save_nifti(
