@@ -295,6 +295,9 @@ def run_defended_experiment(
             curve_path=folder.defended_decoder_curve(variant, k, arch, spec.slug),
             progress=progress,
             should_stop=should_stop,
+            # random defences: a fresh noise draw at every step (as at attack time), never one
+            # cached draw per image the decoder could learn by heart
+            cache_taps=False if spec.kind == "noise" else None,
         )
         save_decoder(
             dstem,
