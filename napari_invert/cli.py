@@ -41,12 +41,25 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def study_jobs(args: argparse.Namespace, config) -> int:
+    """Fold processes of ``napari-invert study``: ``--jobs`` when typed, else the config's ``jobs``.
+
+    ``--variants`` / ``--architectures`` select parts of a fold, so without an explicit
+    ``--jobs`` they run in one process (with ``--jobs N > 1`` they are refused).
+    """
+    if args.jobs is not None:
+        return int(args.jobs)
+    if args.variants or args.architectures:
+        return 1
+    return int(config.jobs)
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
     from napari_invert.config import load_config
     from napari_invert.study.runner import StudyRunner
 
     config = load_config(args.config)
-    jobs = args.jobs if args.jobs is not None else config.jobs
+    jobs = study_jobs(args, config)
     if jobs > 1:
         from napari_invert.study.runner import run_study_parallel
 
@@ -81,10 +94,9 @@ def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
     summary = evaluate_study(
         study, metrics=metrics, deformation=deformation, device=device, progress=progress
     )
-    report = getattr(summary, "report_path", Path(study) / "evaluation" / "report.html")
     for line in summary.verdicts:
         print(f"- {line}")
-    print(f"report: {report}")
+    print(f"report: {summary.report_path}")
     return 0
 
 
@@ -203,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--jobs",
         type=int,
-        default=1,
-        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores)",
+        default=None,
+        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores); "
+        "default: 'jobs' of the config",
     )
     study.add_argument("--evaluate", action="store_true", help="evaluate and write the report afterwards")
     add_common(study)
@@ -218,7 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         choices=["correlation", "ssim", "ssim_global", "deformation", "dice"],
     )
-    ev.add_argument("--deformation", default=None, choices=["full", "sample", "off"])
+    ev.add_argument(
+        "--deformation",
+        default=None,
+        choices=["full", "sample", "off"],
+        help="full: register every reconstruction x candidate pair (ranks among all N, the paper's "
+        "protocol); sample: the true original + evaluation.deformation.sample_size = k others "
+        "(ranks among 1 + k, chance 1/(k+1): not comparable with the paper's 24/40); "
+        "default: the config. The ANTs preset is evaluation.deformation.preset: 'fast' does NO SyN "
+        "iteration at the finest (full-resolution) level (40x20x0), 'paper' does 100x70x50x20",
+    )
     add_common(ev)
     ev.set_defaults(func=_cmd_evaluate)
 

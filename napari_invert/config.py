@@ -148,8 +148,18 @@ class AttackConfig(_Strict):
 class DeformationConfig(_Strict):
     """ANTs registration of reconstruction to original (affine MI, then SyN CC)."""
 
-    mode: Literal["off", "sample", "full"] = "sample"
-    preset: Literal["fast", "paper"] = "fast"
+    mode: Literal["off", "sample", "full"] = Field(
+        default="sample",
+        description="'full': every pair, ranks among all N (the paper's protocol, chance 1/N); "
+        "'sample': the true original + sample_size others, ranks among 1 + sample_size "
+        "(chance 1/(1 + sample_size), not comparable with the paper's counts out of 40)",
+    )
+    preset: Literal["fast", "paper"] = Field(
+        default="fast",
+        description="'fast': SyN 40x20x0 iterations, i.e. NO SyN iteration at the finest "
+        "(full-resolution) level: the field is optimised at half resolution and upsampled; "
+        "'paper': antsRegistrationSyN.sh schedule, SyN 100x70x50x20 (minutes per pair at 1 mm)",
+    )
     sample_size: int = Field(default=5, ge=1, description="candidates per reconstruction in 'sample'")
     workers: int = Field(default=2, ge=1)
     taps: Literal["first", "all"] = Field(
@@ -171,7 +181,12 @@ class EvaluationConfig(_Strict):
         default_factory=lambda: ["correlation", "ssim", "ssim_global", "dice"]
     )
     identification_metric: Literal["ssim", "correlation", "ssim_global"] = "ssim"
-    space: Literal["model", "native"] = "model"
+    space: Literal["model", "native"] = Field(
+        default="model",
+        description="'native': also score each private reconstruction against its own original on the "
+        "subject's native grid (correlation, global and windowed SSIM, and the prior as control; true "
+        "pairs only), reported beside the model-grid scores",
+    )
     deformation: DeformationConfig = Field(default_factory=DeformationConfig)
 
 

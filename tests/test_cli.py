@@ -62,3 +62,51 @@ def test_missing_folder_and_bad_config_are_one_line_errors(tmp_path):
     result = run_cli("study", str(bad), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "attack.lr: unknown key" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- issue 13 item 7: `study` honours `jobs:` of the config ---------------------------------------
+def test_study_uses_jobs_from_config_unless_given(tmp_path):
+    """quick_cpu.yaml says ``jobs: 2``: without ``--jobs`` the study runs two fold processes."""
+    from pathlib import Path
+
+    from napari_invert.cli import build_parser, study_jobs
+    from napari_invert.config import load_config
+
+    config_path = Path(__file__).resolve().parent.parent / "sample_configs" / "quick_cpu.yaml"
+    config = load_config(config_path)
+    assert config.jobs == 2
+    parser = build_parser()
+    args = parser.parse_args(["study", str(config_path), "--out", str(tmp_path / "s")])
+    assert args.jobs is None  # argparse must not hide the config's value behind a default
+    assert study_jobs(args, config) == 2
+    args = parser.parse_args(["study", str(config_path), "--out", str(tmp_path / "s"), "--jobs", "1"])
+    assert study_jobs(args, config) == 1
+    args = parser.parse_args(["study", str(config_path), "--out", str(tmp_path / "s"), "--jobs", "3"])
+    assert study_jobs(args, config) == 3
+    # parts of a fold (--variants/--architectures) run in one process unless --jobs is typed
+    args = parser.parse_args(
+        ["study", str(config_path), "--out", str(tmp_path / "s"), "--variants", "skull_stripped"]
+    )
+    assert study_jobs(args, config) == 1
+
+
+def test_study_jobs_with_variants_is_refused_only_when_typed(tmp_path):
+    from pathlib import Path
+
+    from napari_invert.cli import main
+
+    config_path = Path(__file__).resolve().parent.parent / "sample_configs" / "quick_cpu.yaml"
+    code = main(
+        [
+            "study",
+            str(config_path),
+            "--out",
+            str(tmp_path / "s"),
+            "--jobs",
+            "2",
+            "--variants",
+            "skull_stripped",
+        ]
+    )
+    assert code == 2
+    assert not (tmp_path / "s").exists()

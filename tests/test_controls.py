@@ -246,3 +246,16 @@ def test_mask_shape_and_common_mask_known_answers() -> None:
     assert common.sum() == 3**3 and common[2:5, 2:5, 2:5].all()
     with pytest.raises(ValueError, match="no voxel in common"):
         common_mask(np.stack([masks[0], ~masks[0]]))
+
+
+def test_evaluation_leads_with_the_controls_and_names_both_threats(study: StudyFolder) -> None:
+    from napari_invert.report import evaluate_study
+
+    summary = evaluate_study(study.root, metrics=["ssim", "correlation"], progress=False, figures=False)
+    assert summary.verdicts[0].startswith("[feature inversion]")
+    assert any(v.startswith("[training-data leakage]") for v in summary.verdicts)
+    assert all(v.startswith(("[feature inversion]", "[training-data leakage]")) for v in summary.verdicts)
+    html = summary.layout.report_html.read_text(encoding="utf-8")
+    assert '<section id="controls">' in html and '<section id="membership">' in html
+    assert html.index('<section id="controls">') < html.index('<section id="membership">')
+    assert "(beyond the paper)" in html  # skip0 and bottleneck+skips read more than the latent space

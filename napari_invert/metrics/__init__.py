@@ -8,7 +8,8 @@
   :func:`ssim_global_matrix`.
 * :mod:`~napari_invert.metrics.deformation` — ANTs affine + SyN registration and the mean
   displacement norm (mm): :func:`register_pair`, :func:`deformation_matrix`.
-* :mod:`~napari_invert.metrics.dice` — :func:`dice_per_class`, :func:`mean_dice`.
+* :mod:`~napari_invert.metrics.dice` — :func:`dice_per_class`, :func:`mean_dice`; the
+  trivial baseline :func:`majority_label_map`, :func:`majority_baseline_dice`.
 
 Submodules are imported lazily (``torch`` and ``ants`` load only when used), so worker
 processes that only register images do not pay for torch and vice versa.
@@ -31,7 +32,12 @@ if TYPE_CHECKING:
         pairs_to_matrix,
         register_pair,
     )
-    from napari_invert.metrics.dice import dice_per_class, mean_dice
+    from napari_invert.metrics.dice import (
+        dice_per_class,
+        majority_baseline_dice,
+        majority_label_map,
+        mean_dice,
+    )
     from napari_invert.metrics.ssim import (
         WindowedSSIM,
         common_data_range,
@@ -62,6 +68,8 @@ _WHERE = {
     "pairs_to_matrix": "deformation",
     "dice_per_class": "dice",
     "mean_dice": "dice",
+    "majority_label_map": "dice",
+    "majority_baseline_dice": "dice",
 }
 
 __all__ = [
@@ -75,6 +83,8 @@ __all__ = [
     "deformation_matrix",
     "dice_per_class",
     "magnitude_cache_path",
+    "majority_baseline_dice",
+    "majority_label_map",
     "mean_dice",
     "pairs_to_matrix",
     "pearson_correlation",

@@ -345,42 +345,62 @@ def _fmt(value: Any, pattern: str = "{:.3f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def table_header(metric: str) -> list[str]:
+    """Column titles of the controls table."""
+    return [
+        "victim",
+        "tap",
+        "members top-1",
+        "non-members top-1",
+        f"member - non-member {metric} [95% CI], p",
+        "untrained victim top-1 (trained)",
+        "common-mask top-1",
+        "mask-shape top-1",
+        "mean-image top-1",
+    ]
+
+
+def table_cells(s: dict[str, Any]) -> list[str]:
+    """One row of the controls table (plain text) from a summary of ``controls.json``."""
+    d = (s.get("member_minus_nonmember") or {}).get("score")
+    diff = (
+        "-"
+        if not d
+        else f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p={d['p_value']:.2g}"
+    )
+    u = s.get("untrained_over_trained")
+    untrained = (
+        "-" if not u or s["condition"] != "trained" else f"{u['top1_untrained']} ({u['top1_trained']})"
+    )
+    b = s["baselines"]
+    return [
+        s["label"].rsplit(f" {s['tap']} ", 1)[0],
+        s["tap"] + (" (beyond the paper)" if s["beyond_paper"] else ""),
+        _frac(s["members"]),
+        _frac(s["nonmembers"]),
+        diff,
+        untrained,
+        *(_fmt(b.get(k), "{}") for k in ("common_mask_top1", "mask_shape_top1", "mean_image_top1")),
+    ]
+
+
 def controls_markdown(doc: dict[str, Any]) -> str:
     """The controls table (markdown) of a ``controls.json`` document."""
-    metric = doc["metric"]
+    header = table_header(doc["metric"])
     lines = [
         f"# Controls — threat model: {doc['threat_model']}",
         "",
-        f"Scores: {metric} with the true original, inside each candidate's mask; top-1 among all "
+        f"Scores: {doc['metric']} with the true original, inside each candidate's mask; top-1 among all "
         "candidates (chance 1/N per reconstruction). Rows marked 'beyond the paper' read more than "
         "the latent space (bottleneck) the paper attacks.",
         "",
-        "| victim | tap | members top-1 | non-members top-1 | member - non-member "
-        f"{metric} [95% CI], p | untrained top-1 (trained) | common-mask top-1 | mask-shape top-1 | "
-        "mean-image top-1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(table_cells(s)) + " |" for s in doc["summaries"]),
+        "",
+        *[f"- {v}" for v in doc["verdicts"]],
+        "",
     ]
-    for s in doc["summaries"]:
-        m, n = s["members"], s["nonmembers"]
-        d = (s.get("member_minus_nonmember") or {}).get("score")
-        diff = (
-            "-"
-            if not d
-            else f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p={d['p_value']:.2g}"
-        )
-        u = s.get("untrained_over_trained")
-        untrained = (
-            "-" if not u or s["condition"] != "trained" else f"{u['top1_untrained']} ({u['top1_trained']})"
-        )
-        b = s["baselines"]
-        tap = s["tap"] + (" (beyond the paper)" if s["beyond_paper"] else "")
-        victim = s["label"].rsplit(f" {s['tap']} ", 1)[0]
-        lines.append(
-            f"| {victim} | {tap} | {_frac(m)} | {_frac(n)} | {diff} | {untrained} | "
-            f"{_fmt(b.get('common_mask_top1'), '{}')} | {_fmt(b.get('mask_shape_top1'), '{}')} | "
-            f"{_fmt(b.get('mean_image_top1'), '{}')} |"
-        )
-    lines += ["", *[f"- {v}" for v in doc["verdicts"]], ""]
     return "\n".join(lines)
 
 
@@ -404,3 +424,31 @@ def read_controls(study_dir: str | Path) -> dict[str, Any] | None:
 
     path = StudyResults(study_dir).folder.evaluation_dir / "controls" / "controls.json"
     return read_json(path) if path.is_file() else None
+
+
+def controls_section(ctx: Any) -> Any:
+    """Report section (see :mod:`napari_invert.report.html`): the controls table, first after the
+    verdict, so every feature-inversion number is read against them."""
+    from napari_invert.report.html import Section, esc
+
+    doc = getattr(ctx.summary, "controls", None)
+    if not doc or not doc.get("summaries"):
+        return None
+    metric = esc(doc["metric"])
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in table_cells(s)) + "</tr>" for s in doc["summaries"]
+    )
+    body = (
+        f"<p>Threat model: <b>{esc(doc['threat_model'])}</b>. Each reconstruction is scored ({metric}) "
+        "against every candidate original and ranked (top-1 = its own original is the most similar; "
+        "chance 1 in the number of candidates). <b>Members</b>: reconstructed from the fold where the "
+        "subject trained the victim; <b>non-members</b>: from a fold where it was held out from victim "
+        "and attacker (paired by subject). <b>Untrained victim</b>: the same architecture at "
+        "initialisation, attacked the same way. <b>Baselines</b>: the brain-mask shape alone, the score "
+        "inside one mask common to all candidates, the attacker's mean image. Taps marked <i>beyond the "
+        "paper</i> read more than the latent space the paper attacks.</p>"
+        "<table class='results'><tr>"
+        + "".join(f"<th>{esc(h)}</th>" for h in table_header(doc["metric"]))
+        + f"</tr>{rows}</table>"
+    )
+    return Section("controls", "Controls (feature inversion)", body)

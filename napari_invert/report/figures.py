@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_invert._io import atomic_path
+from napari_invert.study.layout import tap_from_slug
 
 #: Default resolution of saved figures (dots per inch).
 DPI = 110
@@ -213,22 +214,34 @@ def _rect(x: float, y: float):
 
 
 def rank_histogram_figure(
-    path: str | Path, ranks: Mapping[str, np.ndarray], n_candidates: int, title: str
+    path: str | Path,
+    ranks: Mapping[str, np.ndarray],
+    n_candidates: int | Mapping[str, int],
+    title: str,
+    sampled: Sequence[str] = (),
 ) -> Path:
-    """Histogram of the rank of the true original per metric (rank 1 = re-identified)."""
+    """Histogram of the rank of the true original per metric (rank 1 = re-identified).
+
+    ``n_candidates``: candidates per reconstruction, one number or one per panel label (a
+    sampled deformation ranks among 1 + k only); the dotted line is the count expected by
+    chance (uniform ranks) and each title gives the chance of a top-1. Panels whose label
+    is in ``sampled`` say "sampled".
+    """
     n = max(1, len(ranks))
-    fig = _figure(3.2 * n, 3.2)
+    fig = _figure(3.2 * n, 3.3)
     axes = fig.subplots(1, n, squeeze=False)[0]
-    fig.subplots_adjust(left=0.55 / (3.2 * n), right=0.98, bottom=0.16, top=0.76, wspace=0.35)
-    top = max(1, n_candidates)
+    fig.subplots_adjust(left=0.55 / (3.2 * n), right=0.98, bottom=0.16, top=0.72, wspace=0.35)
     for ax, (label, values) in zip(axes, ranks.items()):
+        top = n_candidates if isinstance(n_candidates, int) else n_candidates.get(label, 1)
+        top = max(1, int(top))
         values = np.asarray(values, dtype=float)
         values = values[np.isfinite(values)]
         bins = np.arange(0.5, top + 1.5, 1.0)
         ax.hist(values, bins=bins, color="tab:blue", edgecolor="white")
-        ax.axhline(len(values) / top, color="gray", linestyle=":", linewidth=1, label="chance")
+        ax.axhline(len(values) / top, color="gray", linestyle=":", linewidth=1, label=f"chance (1/{top})")
         top1 = int(np.sum(values == 1))
-        ax.set_title(f"{label}\ntop-1 {top1}/{len(values)}", fontsize=8)
+        among = f"among {top} sampled" if label in sampled else f"among {top}"
+        ax.set_title(f"{label}\ntop-1 {top1}/{len(values)} {among}, chance 1/{top}", fontsize=7)
         ax.set_xlabel("rank of true original")
         ax.set_ylabel("reconstructions")
         ax.set_xlim(0.5, top + 0.5)
@@ -290,23 +303,6 @@ def training_curves_figure(
     return save_figure(fig, path)
 
 
-def dice_figure(path: str | Path, groups: Mapping[str, np.ndarray], title: str) -> Path:
-    """Box plot of per-subject Dice for each group (e.g. "U-Net private originals")."""
-    fig = _figure(max(4.0, 1.3 * len(groups) + 1.5), 4.2)
-    ax = fig.subplots()
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.35, top=0.9)
-    labels = list(groups)
-    data = [np.asarray(groups[k], dtype=float)[np.isfinite(groups[k])] for k in labels]
-    if labels:
-        ax.boxplot(data, showmeans=True)
-        ax.set_xticks(range(1, len(labels) + 1))
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("mean Dice (foreground classes)")
-    ax.set_title(title, fontsize=10)
-    return save_figure(fig, path)
-
-
 # ---------------------------------------------------------------------------------------
 # all figures of an evaluated study
 # ---------------------------------------------------------------------------------------
@@ -347,16 +343,29 @@ def read_curve(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     return np.asarray(steps), np.asarray(losses)
 
 
-def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=None) -> list[FigureFile]:
-    """Write every figure of an evaluation into ``out_dir`` and describe them.
+def _panel_title(ev, metric: str, sampled_mode: bool) -> str:
+    """Matrix panel title with its chance level (a sampled deformation: 1 / (1 + k))."""
+    from napari_invert.report.tables import metric_label
+
+    k = ev.candidates_per_row.get(metric, len(ev.candidate_ids))
+    if metric == "deformation" and sampled_mode:
+        return f"{metric_label(metric)}\n(true + {k - 1} sampled, chance 1/{k})"
+    return f"{metric_label(metric)} (chance 1/{k})"
+
+
+def make_figures(results, summary, variants_data: Mapping, log=None) -> list[FigureFile]:
+    """Write every figure of an evaluation into ``evaluation/figures/`` and describe them.
 
     ``results``: :class:`~napari_invert.study.results.StudyResults`; ``summary``: the
-    :class:`~napari_invert.report.evaluate.EvaluationSummary` being built;
-    ``variants_data[variant]`` has ``candidate_ids``, ``originals`` and ``masks``.
+    :class:`~napari_invert.report.summary.EvaluationSummary` being built;
+    ``variants_data[variant]`` has ``candidate_ids``, ``originals`` and ``masks``. Paths
+    come from :class:`~napari_invert.study.layout.EvaluationFolder`.
     """
+    from napari_invert.report.dice import make_dice_figure
     from napari_invert.report.tables import higher_is_better, metric_label
 
-    out_dir = Path(out_dir)
+    layout = results.folder.evaluation
+    sampled_mode = summary.deformation_mode == "sample"
     figs: list[FigureFile] = []
     evaluations = list(summary.experiments)
 
@@ -403,7 +412,7 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
             rows.append(row)
         number, words = _VARIANT.get(variant, ("Figures 5-6", variant))
         path = reconstruction_figure(
-            out_dir / f"reconstructions_{variant}.png",
+            layout.figure(f"reconstructions_{variant}"),
             rows,
             f"{number} style ({words}): mid-axial slices, "
             f"best / median / worst by {metric_label(rank_metric)}",
@@ -426,13 +435,12 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
         # -- Figure 7: deformation magnitude, good vs bad reconstruction ----------------------
         if "deformation" in ev.similarity:
             true = ev.true_values("deformation")
-            maps_dir = summary.evaluation_dir / "deformation" / key
             if np.isfinite(true).any():
                 order = np.argsort(np.where(np.isfinite(true), true, np.inf))
                 items = []
                 for tag, i in (("good", int(order[0])), ("bad", int(order[np.isfinite(true).sum() - 1]))):
                     sid = ev.row_ids[i]
-                    mp = maps_dir / f"{sid}.nii.gz"
+                    mp = layout.deformation_map(e.variant, e.arch, e.tap, sid)
                     if not mp.is_file():
                         continue
                     import nibabel as nib
@@ -444,14 +452,16 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
                         PanelImage(
                             f"{tag} reconstruction: {sid}",
                             axial(mag, z),
-                            f"mean |u| {true[i]:.2f} mm, rank {ev.ranks['deformation'][i]}",
+                            f"mean |u| {true[i]:.2f} mm, rank {ev.ranks['deformation'][i]} of "
+                            f"{ev.candidates_per_row['deformation']} (chance 1/"
+                            f"{ev.candidates_per_row['deformation']})",
                         )
                     )
                     if len(ev.row_ids) == 1:
                         break
                 if items:
                     path = deformation_figure(
-                        out_dir / f"deformation_{key}.png",
+                        layout.figure(f"deformation_{key}"),
                         items,
                         f"Figure 7 style: deformation magnitude — {label}",
                     )
@@ -464,14 +474,21 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
                             "deformation",
                         )
                     )
+
         # -- similarity heat maps -------------------------------------------------------------
         panels = [
-            MatrixPanel(metric_label(m), ev.similarity[m], ev.row_ids, ev.candidate_ids, higher_is_better(m))
+            MatrixPanel(
+                _panel_title(ev, m, sampled_mode),
+                ev.similarity[m],
+                ev.row_ids,
+                ev.candidate_ids,
+                higher_is_better(m),
+            )
             for m in ev.similarity
         ]
         if panels:
             path = similarity_figure(
-                out_dir / f"similarity_{key}.png", panels, f"Similarity matrices — {label}"
+                layout.figure(f"similarity_{key}"), panels, f"Similarity matrices — {label}"
             )
             figs.append(
                 FigureFile(
@@ -483,23 +500,29 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
                 )
             )
             ranks = {metric_label(m): ev.ranks[m] for m in ev.ranks}
+            per_panel = {
+                metric_label(m): ev.candidates_per_row.get(m, len(ev.candidate_ids)) for m in ev.ranks
+            }
             path = rank_histogram_figure(
-                out_dir / f"ranks_{key}.png",
+                layout.figure(f"ranks_{key}"),
                 ranks,
-                len(ev.candidate_ids),
+                per_panel,
                 f"Rank of the true original — {label}",
+                sampled=[metric_label("deformation")] if sampled_mode else [],
             )
             figs.append(
                 FigureFile(
                     path,
                     f"Ranks — {label}",
-                    "Rank 1 = the reconstruction is closest to its own original (re-identified).",
+                    "Rank 1 = the reconstruction is closest to its own original (re-identified). "
+                    "Dotted line: the count expected by chance; each panel gives its chance level "
+                    "(1 / candidates per reconstruction; a sampled deformation ranks among 1 + k only).",
                     "ranks",
                 )
             )
             points = {metric_label(m): (ev.prior_values[m], ev.true_values(m)) for m in ev.similarity}
             path = prior_gain_figure(
-                out_dir / f"prior_{key}.png", points, f"Reconstruction vs prior — {label}"
+                layout.figure(f"prior_{key}"), points, f"Reconstruction vs prior — {label}"
             )
             figs.append(
                 FigureFile(
@@ -529,11 +552,10 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
                 if curve is not None:
                     seg_lines[f"fold{fold} {_ARCH.get(arch, arch)}"] = curve
                 for tap_dir in sorted(p for p in arch_dir.iterdir() if p.is_dir()):
-                    curve = read_curve(tap_dir / "decoder_curve.csv")
+                    tap = tap_from_slug(tap_dir.name)
+                    curve = read_curve(folder.decoder_curve(variant, fold, arch, tap))
                     if curve is not None:
-                        dec_lines[f"fold{fold} {_ARCH.get(arch, arch)} {tap_dir.name.replace('_', '+')}"] = (
-                            curve
-                        )
+                        dec_lines[f"fold{fold} {_ARCH.get(arch, arch)} {tap}"] = curve
         panels_c = {
             k: v
             for k, v in (("victim segmenter (Dice + CE)", seg_lines), ("inversion decoder", dec_lines))
@@ -541,7 +563,7 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
         }
         if panels_c:
             path = training_curves_figure(
-                out_dir / f"training_{variant}.png", panels_c, f"Training curves — {variant}"
+                layout.figure(f"training_{variant}"), panels_c, f"Training curves — {variant}"
             )
             figs.append(
                 FigureFile(
@@ -552,32 +574,7 @@ def make_figures(results, summary, variants_data: Mapping, out_dir: Path, log=No
                 )
             )
 
-    # -- Dice ---------------------------------------------------------------------------------------
-    if summary.dice_rows:
-        groups: dict[str, list[float]] = {}
-        for r in summary.dice_rows:
-            if r.reference != "manual":
-                continue
-            if r.input == "original":
-                seen_by = "private" if r.role == "private" else "unseen"
-                name = f"{_ARCH.get(r.arch, r.arch)} {r.variant}\n{seen_by} originals"
-            elif r.input == "reconstruction":
-                name = f"{_ARCH.get(r.arch, r.arch)} {r.variant}\nrecon {r.tap}"
-            else:
-                name = f"{_ARCH.get(r.arch, r.arch)} {r.variant}\nprior"
-            groups.setdefault(name, []).append(r.dice)
-        path = dice_figure(
-            out_dir / "dice.png",
-            {k: np.asarray(v) for k, v in groups.items()},
-            "Dice vs manual labels (victim segmenter of each fold)",
-        )
-        figs.append(
-            FigureFile(
-                path,
-                "Dice",
-                "Segmentation by the fold's own victim: its training (private) "
-                "subjects, unseen subjects, reconstructions and the prior.",
-                "dice",
-            )
-        )
+    dice = make_dice_figure(results, summary)
+    if dice is not None:
+        figs.append(dice)
     return figs

@@ -1,24 +1,46 @@
-"""``report.html``: one self-contained page with every table, figure and setting.
+"""``report.html``: one self-contained page assembled from small section builders.
 
 Figures are embedded as base64 ``data:`` URIs and the style sheet is inline, so the file
 opens offline and can be mailed or archived on its own: it references no external asset
 (no ``http(s)`` ``src``/``href``).
+
+How the page is built
+---------------------
+:func:`build_report` calls every builder of :data:`SECTION_BUILDERS` in order with one
+:class:`ReportContext` (the study, the evaluation summary, the tables by name, the
+figures). A builder returns a :class:`Section` (``id``, ``title``, HTML ``body``) or
+``None`` when it has nothing to show; the page is the header, the warning banners, a table
+of contents of the sections returned, and the sections.
+
+Adding a section (e.g. membership inference, controls, training convergence, defences)
+is adding a module and one line:
+
+1. write ``napari_invert/report/<concern>.py`` with a function
+   ``<concern>_section(ctx: ReportContext) -> Section | None`` that reads what it needs
+   (``ctx.results.folder`` gives every path; ``ctx.summary``; ``ctx.tables``;
+   ``ctx.figures``) and returns ``Section("<concern>", "Title", body_html)``. Use
+   :func:`figure_html` for figures and :meth:`~napari_invert.report.tables.Table.to_html`
+   for tables. State the threat model and the control beside every number.
+2. add ``_lazy("napari_invert.report.<concern>", "<concern>_section")`` to
+   :data:`SECTION_BUILDERS` where it belongs in the page.
+
+The general sections (overview, definitions, tables, figures by kind, notes, splits,
+configuration, references, files) are in :mod:`napari_invert.report.sections`.
 """
 
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_invert import __version__
 from napari_invert._io import write_text_atomic
-from napari_invert.report import paper
 from napari_invert.report.figures import FigureFile
-from napari_invert.report.tables import METRICS, Table, metric_label
+from napari_invert.report.tables import Table
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -32,23 +54,85 @@ table.results td:first-child, table.results th:first-child { text-align: left; }
 ul.notes { font-size: .8em; color: #555; }
 .verdict { background: #fff7e0; border-left: 4px solid #e0a000; padding: .6em 1em; }
 .skipped { background: #fbeaea; border-left: 4px solid #c33; padding: .6em 1em; }
+.warning { background: #fde2e2; border: 2px solid #c33; padding: .6em 1em; margin: 1em 0; }
+nav.toc { background: #f6f6f6; padding: .4em 1em; display: inline-block; }
+nav.toc ol { margin: .3em 0; padding-left: 1.4em; columns: 2; column-gap: 3em; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .85em; color: #444; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .8em; }
 """
 
-_SECTIONS = (
-    ("reconstructions", "Reconstructions (Figures 5-6 style)"),
-    ("deformation", "Deformation fields (Figure 7 style)"),
-    ("similarity", "Similarity matrices"),
-    ("ranks", "Rank of the true original"),
-    ("prior", "Prior-relative leakage"),
-    ("dice", "Dice"),
-    ("training", "Training curves"),
-)
+
+@dataclass
+class Section:
+    """One section of the page: anchor ``id``, ``title`` (heading and TOC entry), HTML body."""
+
+    id: str
+    title: str
+    body: str
 
 
-def _e(text: Any) -> str:
+@dataclass
+class ReportContext:
+    """What every section builder receives.
+
+    ``results``: :class:`~napari_invert.study.results.StudyResults`; ``summary``:
+    :class:`~napari_invert.report.summary.EvaluationSummary`; ``tables``: by
+    :attr:`Table.name` (``table1``, ``table2``, ``table3``, ``dice``, ``native``, ...);
+    ``figures``: every figure drawn, each with its ``section`` tag.
+    """
+
+    results: Any
+    summary: Any
+    tables: dict[str, Table] = field(default_factory=dict)
+    figures: list[FigureFile] = field(default_factory=list)
+
+    def figures_of(self, section: str) -> list[FigureFile]:
+        return [f for f in self.figures if f.section == section]
+
+
+SectionBuilder = Callable[[ReportContext], "Section | None"]
+
+
+def _lazy(module: str, name: str) -> SectionBuilder:
+    """A builder imported on first use (section modules may import this one)."""
+
+    def build(ctx: ReportContext) -> Section | None:
+        return getattr(importlib.import_module(module), name)(ctx)
+
+    build.__name__ = name
+    build.__qualname__ = f"{module}.{name}"
+    return build
+
+
+_S = "napari_invert.report.sections"
+
+#: The page, in order. Adding a section = a module with a builder + one line here.
+SECTION_BUILDERS: list[SectionBuilder] = [
+    _lazy(_S, "verdict_section"),
+    _lazy("napari_invert.report.controls", "controls_section"),
+    _lazy(_S, "definitions_section"),
+    _lazy(_S, "tables_section"),
+    _lazy(_S, "identification_section"),
+    _lazy(_S, "membership_section"),
+    _lazy("napari_invert.report.native", "native_section"),
+    _lazy(_S, "reconstructions_section"),
+    _lazy("napari_invert.report.deformation", "deformation_section"),
+    _lazy(_S, "similarity_section"),
+    _lazy(_S, "ranks_section"),
+    _lazy(_S, "prior_section"),
+    _lazy("napari_invert.report.dice", "dice_section"),
+    _lazy(_S, "training_section"),
+    _lazy(_S, "notes_section"),
+    _lazy(_S, "splits_section"),
+    _lazy(_S, "config_section"),
+    _lazy(_S, "references_section"),
+    _lazy(_S, "files_section"),
+]
+
+
+def esc(text: Any) -> str:
+    """HTML-escaped ``str(text)``."""
     return html.escape(str(text))
 
 
@@ -58,164 +142,50 @@ def image_data_uri(path: str | Path) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _figure_html(fig: FigureFile) -> str:
+def figure_html(fig: FigureFile) -> str:
+    """``<figure>`` with the PNG embedded and its caption."""
     return (
-        f'<figure><img alt="{_e(fig.title)}" src="{image_data_uri(fig.path)}">'
-        f"<figcaption><b>{_e(fig.title)}.</b> {_e(fig.caption)} "
-        f"<span style='color:#888'>({_e(fig.path.name)})</span></figcaption></figure>"
+        f'<figure><img alt="{esc(fig.title)}" src="{image_data_uri(fig.path)}">'
+        f"<figcaption><b>{esc(fig.title)}.</b> {esc(fig.caption)} "
+        f"<span style='color:#888'>({esc(fig.path.name)})</span></figcaption></figure>"
     )
 
 
-def _identification_html(summary: Any) -> str:
-    head = [
-        "Experiment",
-        "Metric",
-        "top-1",
-        "top-5",
-        "mean rank",
-        "median rank",
-        "candidates",
-        "chance top-1",
-        "p (≥ top-1 by guessing)",
-    ]
-    rows = []
-    for ev in summary.experiments:
-        for metric, d in ev.identification.items():
-            rows.append(
-                [
-                    ev.experiment.label,
-                    metric_label(metric),
-                    f"{d['top1']}/{d['n_queries']}",
-                    f"{d['top5']}/{d['n_queries']}",
-                    f"{d['mean_rank']:.2f}",
-                    f"{d['median_rank']:.1f}",
-                    d["candidates_per_row"],
-                    f"{d['chance_top1']:.3f}",
-                    f"{d['p_value_top1']:.2g}",
-                ]
-            )
-    table = Table(
-        "identification",
-        "Re-identification per experiment and metric",
-        head,
-        [[str(c) for c in r] for r in rows],
-        [],
-        [],
-        ["p: binomial probability of at least this many top-1 hits when guessing at random."],
-    )
-    return table.to_html()
+def toc_html(sections: Sequence[Section]) -> str:
+    """Table of contents: one link per section."""
+    items = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
+    return f'<nav class="toc"><b>Contents</b><ol>{items}</ol></nav>'
 
 
-def _splits_html(splits: dict[str, Any]) -> str:
-    rows = []
-    for f in splits.get("folds", []):
-        rows.append(
-            [
-                str(f.get("fold")),
-                str(len(f.get("private", []))),
-                ", ".join(f.get("private", [])),
-                str(len(f.get("attack", []))),
-            ]
-        )
-    t = Table(
-        "splits",
-        f"Splits (seed {splits.get('seed')})",
-        ["Fold", "n private", "private subjects", "n attack"],
-        rows,
-        [],
-        [],
-    )
-    return t.to_html()
+def build_report(
+    results: Any,
+    summary: Any,
+    tables: Sequence[Table],
+    figures: Sequence[FigureFile],
+    builders: Sequence[SectionBuilder] | None = None,
+) -> str:
+    """The full HTML text of ``report.html`` (``builders``: default :data:`SECTION_BUILDERS`)."""
+    from napari_invert.report.sections import overview_html
 
-
-def _citations(results: Any) -> list[str]:
-    cohort = results.cohort
-    kind = str(cohort.get("kind", "")).lower()
-    name = str(cohort.get("name", "")).lower()
-    root = str(cohort.get("root", "")).lower()
-    out = [f"Method and published numbers: {paper.CITATION}."]
-    if kind == "lpba40" or "lpba" in name or "lpba40" in root:
-        out.append(f"Data: LPBA40 — {paper.LPBA40_CITATION} Used under LONI's data-use terms.")
-    if kind == "ixi" or "ixi" in name or "ixi" in root:
-        out.append(f"Data: {paper.IXI_CITATION}")
-    return out
-
-
-def build_report(results: Any, summary: Any, tables: Sequence[Table], figures: Sequence[FigureFile]) -> str:
-    """The full HTML text of ``report.html``.
-
-    ``results``: :class:`~napari_invert.study.results.StudyResults`; ``summary``:
-    :class:`~napari_invert.report.evaluate.EvaluationSummary`.
-    """
-    cohort = results.cohort
-    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    ctx = ReportContext(results, summary, {t.name: t for t in tables}, list(figures))
+    sections = [s for s in (b(ctx) for b in (SECTION_BUILDERS if builders is None else builders)) if s]
+    ids = [s.id for s in sections]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"report sections with the same id: {ids}")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>napari-invert report — {_e(results.root.name)}</title>",
+        f"<title>napari-invert report — {esc(results.root.name)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>Model-inversion audit: {_e(results.root.name)}</h1>",
-        f"<p>Cohort <b>{_e(cohort.get('name', '?'))}</b> ({_e(cohort.get('kind', '?'))}), "
-        f"{len(results.subject_ids)} subjects, {len(results.splits.get('folds', []))} folds, variants "
-        f"{_e(', '.join(results.variants))}; grid {_e(cohort.get('shape'))} at "
-        f"{_e(', '.join(f'{s:.2f}' for s in results.spacing))} mm. "
-        f"Metrics: {_e(', '.join(summary.metrics))}; "
-        f"deformation: {_e(summary.deformation_mode)}. Generated {now} by napari-invert {__version__} "
-        f"in {summary.seconds:.1f} s.</p>",
-        "<h2>Verdict</h2>",
-        '<div class="verdict"><ul>' + "".join(f"<li>{_e(v)}</li>" for v in summary.verdicts) + "</ul></div>",
+        f"<h1>Model-inversion audit: {esc(results.root.name)}</h1>",
+        overview_html(ctx),
     ]
-    if summary.skipped:
-        parts.append(
-            '<div class="skipped"><b>Not computed:</b><ul>'
-            + "".join(f"<li>{_e(metric_label(k))}: {_e(v)}</li>" for k, v in summary.skipped.items())
-            + "</ul></div>"
-        )
     parts += [
-        "<h2>Which number is which</h2><ul>",
-        *[f"<li><b>{_e(METRICS[m][0])}</b>: {_e(METRICS[m][1])}.</li>" for m in METRICS],
-        "<li>The paper's SSIM (0.73 / 0.61 for U-Net / SegNet) is the <b>global</b> masked SSIM; compare it "
-        "with our 'SSIM (global, paper's)' column, not with the windowed SSIM.</li>",
-        "<li>The paper's MCC is the Pearson correlation of grey levels.</li>",
-        "<li><b>Prior</b>: the attacker's mean image of its own (attack) subjects. A skull-stripped mean "
-        "brain already scores high under SSIM; what shows leakage is the <i>gain</i> over the prior and, "
-        "above all, "
-        "re-identification (the rank of the true subject among all candidates).</li>",
-        "<li>Scoring region: "
-        + (
-            "the candidate original's voxels above a threshold (region = foreground)."
-            if getattr(summary, "region", "mask") == "foreground"
-            else "the candidate original's mask (data/&lt;variant&gt;/masks)."
-        )
-        + "</li>",
-        f"<li>SSIM data range L (max - min over all originals of the variant, one L for every pair): "
-        f"{_e(', '.join(f'{k}: {v:.3g}' for k, v in summary.data_range.items()))}.</li>",
-        "</ul>",
-        "<h2>Tables</h2>",
+        f'<div class="warning"><b>Warning.</b> {esc(w)}</div>' for w in getattr(summary, "warnings", [])
     ]
-    parts += [t.to_html() for t in tables]
-    parts.append(_identification_html(summary))
-    for section, heading in _SECTIONS:
-        figs = [f for f in figures if f.section == section]
-        if figs:
-            parts.append(f"<h2>{_e(heading)}</h2>")
-            parts += [_figure_html(f) for f in figs]
-    if summary.notes:
-        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in summary.notes) + "</ul>")
-    parts.append("<h2>Splits</h2>")
-    parts.append(_splits_html(results.splits))
-    config_text = results.folder.config_path.read_text(encoding="utf-8")
-    parts.append("<h2>Configuration (config.yaml)</h2>")
-    parts.append(f"<pre>{_e(config_text)}</pre>")
-    parts.append(
-        "<h2>References</h2><ul>" + "".join(f"<li>{_e(c)}</li>" for c in _citations(results)) + "</ul>"
-    )
-    parts.append(
-        "<h2>Files</h2><p>Per-subject numbers: <code>metrics.csv</code>, <code>identification.csv</code>"
-        + (", <code>dice.csv</code>" if summary.dice_rows else "")
-        + "; tables as CSV/Markdown in <code>tables/</code>; similarity matrices as "
-        "<code>similarity_*.npy</code> (+ JSON with row/column subject ids); <code>summary.json</code>.</p>"
-    )
+    parts.append(toc_html(sections))
+    for s in sections:
+        parts.append(f'<section id="{esc(s.id)}"><h2>{esc(s.title)}</h2>\n{s.body}\n</section>')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

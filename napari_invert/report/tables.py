@@ -1,4 +1,4 @@
-"""Tables 1-3 of the paper (and a Dice table), computed from our per-subject results.
+"""Tables 1-3 of the paper, computed from our per-subject results (Dice: :mod:`.dice`).
 
 Each table is a :class:`Table` that renders to CSV (raw numbers, full precision, for
 machines), Markdown and HTML (formatted ``mean ± SD`` with the paper's numbers beside
@@ -440,22 +440,35 @@ def table3(
     rows: Sequence[MetricRow],
     n_candidates: Mapping[Experiment, int] | None = None,
     candidates_note: Mapping[str, str] | None = None,
+    sampled_candidates: Mapping[str, int] | None = None,
 ) -> Table:
     """Table 3: number of reconstructions whose true original ranks first, per metric.
 
     ``n_candidates[experiment]``: how many originals each reconstruction was compared with
     (chance of a top-1 is 1/that). ``candidates_note[metric]`` is appended to the cell (e.g.
-    "true + 5 sampled" for a sampled deformation).
+    "true + 5 sampled" for a sampled deformation). ``sampled_candidates[metric] = k``: the
+    metric ranked the true original among ``k`` sampled candidates only (chance 1/k): its
+    column says so and the paper's column for it (ranked among 40) is left out.
     """
+    sampled = dict(sampled_candidates or {})
     grouped = _by_experiment(r for r in rows if r.metric in RANKING_METRICS)
     present = [m for m in RANKING_METRICS if any(m in d for d in grouped.values())]
-    columns = ["Experiment", "n", "chance"] + [f"{metric_label(m)} top-1" for m in present]
+    paper_metrics = [m for m in ("correlation", "ssim_global", "deformation") if m not in sampled]
+
+    def top1_title(m: str) -> str:
+        if m in sampled:
+            return f"{metric_label(m)} top-1 (of {sampled[m]} sampled, chance 1/{sampled[m]})"
+        return f"{metric_label(m)} top-1"
+
+    chance_title = "chance (all candidates)" if sampled else "chance"
+    columns = ["Experiment", "n", chance_title] + [top1_title(m) for m in present]
     columns += [f"{metric_label(m)} mean rank" for m in present]
-    columns += ["Paper MCC", "Paper SSIM (global)", "Paper deformation"]
+    columns += [f"Paper {_PAPER_T3_TITLE[m]}" for m in paper_metrics]
     csv_columns = ["variant", "arch", "tap", "experiment", "n", "n_candidates"]
+    csv_columns += [f"{m}_candidates_per_row" for m in present if m in sampled]
     csv_columns += [f"{m}_top1" for m in present] + [f"{m}_top5" for m in present]
     csv_columns += [f"{m}_mean_rank" for m in present]
-    csv_columns += ["paper_n", "paper_correlation_top1", "paper_ssim_global_top1", "paper_deformation_top1"]
+    csv_columns += ["paper_n"] + [f"paper_{m}_top1" for m in paper_metrics]
     notes_by_metric = dict(candidates_note or {})
     out_rows, out_csv = [], []
     for e, per_metric in grouped.items():
@@ -463,6 +476,7 @@ def table3(
         n_cand = (n_candidates or {}).get(e)
         row = [e.label, str(n), f"1/{n_cand}" if n_cand else "–"]
         crow: list[Any] = [e.variant, e.arch, e.tap, e.label, n, n_cand if n_cand else ""]
+        crow += [sampled[m] for m in present if m in sampled]
         top1s, top5s, means = [], [], []
         for m in present:
             ranks = [r.rank for r in per_metric.get(m, []) if r.rank is not None]
@@ -477,12 +491,12 @@ def table3(
         row += ["–" if not np.isfinite(v) else f"{v:.2f}" for v in means]
         comparable = e.variant == "skull_stripped" and paper.comparable(e.arch, e.tap)
         p = paper.TABLE3.get(e.arch) if comparable else None
-        for m in ("correlation", "ssim_global", "deformation"):
+        for m in paper_metrics:
             row.append(f"{p[m]}/{paper.PAPER_N}" if p else "–")
         crow += top1s + top5s + means
         crow += [
             paper.PAPER_N if p else "",
-            *((p[m] for m in ("correlation", "ssim_global", "deformation")) if p else ("", "", "")),
+            *((p[m] for m in paper_metrics) if p else ("" for _ in paper_metrics)),
         ]
         out_rows.append(row)
         out_csv.append(crow)
@@ -493,6 +507,14 @@ def table3(
         "Paper numbers (Table 3) are for skull-stripped LPBA40, n = 40 candidates; its 'SSIM match' "
         "uses the global SSIM.",
     ]
+    for m, k in sampled.items():
+        notes.append(
+            f"{metric_label(m)} was computed in 'sample' mode: each reconstruction was registered to its "
+            f"true original and {k - 1} randomly drawn others, so its rank is among {k} candidates "
+            f"(chance of a top-1: 1/{k}), not among all of them. The paper ranked among all "
+            f"{paper.PAPER_N}, so its column is not shown beside these counts; rerun with "
+            "'--deformation full' to compare."
+        )
     return Table(
         "table3",
         "Table 3 — re-identification: true original ranked first",
@@ -504,168 +526,4 @@ def table3(
     )
 
 
-@dataclass
-class DiceRow:
-    """One line of ``dice.csv``.
-
-    ``input``: which image was segmented (``original``, ``reconstruction`` or ``prior``);
-    ``reference``: ``manual`` labels or ``original_segmentation`` (the same network's
-    segmentation of the original); ``role``: ``private`` (the segmenter trained on this
-    subject) or ``attack`` (unseen by the segmenter); ``tap`` is empty for rows that do not
-    depend on the attack.
-    """
-
-    variant: str
-    fold: int
-    arch: str
-    tap: str
-    subject_id: str
-    role: str
-    input: str
-    reference: str
-    dice: float
-
-
-DICE_CSV_COLUMNS: tuple[str, ...] = (
-    "variant",
-    "fold",
-    "arch",
-    "tap",
-    "subject_id",
-    "role",
-    "input",
-    "reference",
-    "dice",
-)
-
-
-def write_dice_csv(path: str | Path, rows: Iterable[DiceRow]) -> Path:
-    """Write ``dice.csv`` atomically."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(DICE_CSV_COLUMNS)
-    for r in rows:
-        writer.writerow(
-            [r.variant, r.fold, r.arch, r.tap, r.subject_id, r.role, r.input, r.reference, _num(r.dice)]
-        )
-    return write_text_atomic(path, buf.getvalue())
-
-
-def dice_order(r: DiceRow) -> tuple:
-    """Sort key of Dice rows: experiment order, then fold, subject, input, reference."""
-    return (
-        experiment_order(Experiment(r.variant, r.arch, r.tap)),
-        r.fold,
-        r.subject_id,
-        r.input,
-        r.reference,
-    )
-
-
-def dice_table(rows: Sequence[DiceRow]) -> Table:
-    """Dice (paper Section 4.2.3): the victim on its own and on unseen subjects, and on the
-    reconstructions (vs manual labels and vs the segmentation of the original)."""
-    archs = sorted(
-        {(r.variant, r.arch) for r in rows},
-        key=lambda va: (_position(va[0], _VARIANT_ORDER), _position(va[1], _ARCH_ORDER)),
-    )
-    columns = [
-        "Variant",
-        "Arch",
-        "Tap",
-        "segmenter: private originals",
-        "segmenter: unseen originals",
-        "reconstruction vs manual",
-        "reconstruction vs original's seg.",
-        "prior vs manual",
-        "Paper original",
-        "Paper reconstruction",
-    ]
-    csv_columns = [
-        "variant",
-        "arch",
-        "tap",
-        "private_mean",
-        "private_sd",
-        "private_n",
-        "unseen_mean",
-        "unseen_sd",
-        "unseen_n",
-        "recon_manual_mean",
-        "recon_manual_sd",
-        "recon_manual_n",
-        "recon_seg_mean",
-        "recon_seg_sd",
-        "recon_seg_n",
-        "prior_manual_mean",
-        "prior_manual_sd",
-        "paper_original_mean",
-        "paper_original_sd",
-        "paper_recon_mean",
-        "paper_recon_sd",
-    ]
-    out_rows, out_csv = [], []
-    for variant, arch in archs:
-        mine = [r for r in rows if r.variant == variant and r.arch == arch]
-        own_p = mean_sd(r.dice for r in mine if r.input == "original" and r.role == "private")
-        own_a = mean_sd(r.dice for r in mine if r.input == "original" and r.role == "attack")
-        taps = sorted({r.tap for r in mine if r.tap}, key=lambda t: _position(t, _TAP_ORDER))
-        p = paper.DICE.get(arch) if variant == "skull_stripped" else None
-        for tap in taps or [""]:
-            rm = mean_sd(
-                r.dice
-                for r in mine
-                if r.tap == tap and r.input == "reconstruction" and r.reference == "manual"
-            )
-            rs = mean_sd(
-                r.dice
-                for r in mine
-                if r.tap == tap and r.input == "reconstruction" and r.reference == "original_segmentation"
-            )
-            pr = mean_sd(
-                r.dice for r in mine if r.tap == tap and r.input == "prior" and r.reference == "manual"
-            )
-            out_rows.append(
-                [
-                    variant,
-                    arch,
-                    tap or "–",
-                    fmt_mean_sd(*own_p[:2]),
-                    fmt_mean_sd(*own_a[:2]),
-                    fmt_mean_sd(*rm[:2]),
-                    fmt_mean_sd(*rs[:2]),
-                    fmt_mean_sd(*pr[:2]),
-                    paper.fmt(p["original"] if p else None),
-                    paper.fmt(p["reconstruction"] if p else None),
-                ]
-            )
-            out_csv.append(
-                [
-                    variant,
-                    arch,
-                    tap,
-                    *own_p,
-                    *own_a,
-                    *rm,
-                    *rs,
-                    *pr[:2],
-                    *(p["original"] if p else ("", "")),
-                    *(p["reconstruction"] if p else ("", "")),
-                ]
-            )
-    notes = [
-        "Dice = mean over foreground classes of the segmentation by the fold's own trained victim.",
-        "'private originals': the victim's Dice on the subjects it was trained on; 'unseen originals': "
-        "on the fold's attack subjects, which it never saw (a real segmenter scores well on both).",
-        "Paper (Section 4.2.3, skull-stripped): Dice of the segmentation of originals and of "
-        "reconstructions vs the manual labels.",
-    ]
-    return Table(
-        "dice",
-        "Dice — the victim segmenter on originals and on reconstructions",
-        columns,
-        out_rows,
-        csv_columns,
-        out_csv,
-        notes,
-    )
+_PAPER_T3_TITLE = {"correlation": "MCC", "ssim_global": "SSIM (global)", "deformation": "deformation"}

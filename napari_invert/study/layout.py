@@ -18,7 +18,7 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/<tap>/recon_native/<ID>.nii.gz   private subjects, on their native grid/affine
       <variant>/fold<k>/<arch>/membership/membership.json, membership_subjects.csv
       <variant>/fold<k>/<arch>/membership/shadows/shadow<k>.{safetensors,json}, shadow<k>_curve.csv
-      evaluation/                            written by ``napari-invert evaluate``
+      evaluation/                            written by ``napari-invert evaluate`` (:class:`EvaluationFolder`)
       defences/<variant>/fold<k>/<arch>@<defence>/segmenter.*, exposed/decoder.*, exposed/recon/,
                                              result.json   (napari_invert.defences)
 
@@ -74,6 +74,11 @@ class StudyFolder:
     @property
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
+
+    @property
+    def evaluation(self) -> EvaluationFolder:
+        """Paths inside ``evaluation/`` (see :class:`EvaluationFolder`)."""
+        return EvaluationFolder(self.evaluation_dir)
 
     # -- preprocessed data -----------------------------------------------------------
     def original(self, variant: str, subject_id: str) -> Path:
@@ -202,3 +207,146 @@ class StudyFolder:
             if subject_id in fold["private"]:
                 return int(fold["fold"])
         raise KeyError(f"{subject_id} is private in no fold of {self.splits_path}")
+
+
+#: Version of the ``evaluation/`` layout (``summary.json`` -> ``"layout"``). Version 1 (no
+#: key) kept the similarity matrices, ``identification.csv`` and ``dice.csv`` loose in
+#: ``evaluation/``; readers still find them there (:meth:`EvaluationFolder.legacy_similarity`).
+EVALUATION_LAYOUT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class EvaluationFolder:
+    """Path arithmetic for ``STUDY/evaluation/`` (creates nothing by itself).
+
+    ::
+
+        evaluation/
+          report.html  summary.json  metrics.csv        what people and readers open first
+          tables/       table1|table2|table3|dice|native.{csv,md}, identification.csv,
+                        dice_per_subject.csv
+          figures/      *.png
+          similarity/   <variant>_<arch>_<tap>_<metric>.{npy,json}   reconstruction x candidate
+                        prior_<variant>_<metric>.{npy,json}         fold prior x candidate
+          native/       scores.csv: true pairs scored on each subject's native grid
+          controls/     controls.json, ...; membership/  <variant>_<arch>.json (their own modules)
+          deformation/  <variant>_<arch>_<tap>/<ID>.nii.gz (|u| mm of true pairs), cache/
+          cache/        deformation/...: maps the napari plugin computed on demand
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # -- entry points ------------------------------------------------------------------
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    # -- tables and figures ------------------------------------------------------------
+    @property
+    def tables_dir(self) -> Path:
+        return self.root / "tables"
+
+    def table(self, name: str, ext: str) -> Path:
+        """``tables/<name>.<ext>`` (``ext`` without the dot: ``csv``, ``md``)."""
+        return self.tables_dir / f"{name}.{ext}"
+
+    @property
+    def identification_csv(self) -> Path:
+        return self.table("identification", "csv")
+
+    @property
+    def dice_csv(self) -> Path:
+        """Per-subject Dice rows (``tables/dice.csv`` is the summary table)."""
+        return self.tables_dir / "dice_per_subject.csv"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
+    def figure(self, name: str) -> Path:
+        """``figures/<name>.png``."""
+        return self.figures_dir / f"{name}.png"
+
+    # -- similarity matrices -------------------------------------------------------------
+    @property
+    def similarity_dir(self) -> Path:
+        return self.root / "similarity"
+
+    def similarity(self, variant: str, arch: str, tap: str, metric: str) -> Path:
+        """``.npy`` of an experiment's matrix (its ``.json`` of subject ids lies beside it)."""
+        return self.similarity_dir / f"{variant}_{arch}_{tap_slug(tap)}_{metric}.npy"
+
+    def prior_similarity(self, variant: str, metric: str) -> Path:
+        """``.npy`` of the fold priors x candidates matrix (``.json`` beside it)."""
+        return self.similarity_dir / f"prior_{variant}_{metric}.npy"
+
+    def legacy_similarity(self, variant: str, arch: str, tap: str, metric: str) -> list[Path]:
+        """Where layout version 1 kept the matrix (loose in ``evaluation/``; read-only)."""
+        names = dict.fromkeys((tap_slug(tap), tap))
+        return [self.root / f"similarity_{variant}_{arch}_{t}_{metric}.npy" for t in names]
+
+    def legacy_files(self) -> list[Path]:
+        """Loose files of layout version 1 that a new evaluation replaces."""
+        if not self.root.is_dir():
+            return []
+        out = [*self.root.glob("similarity_*.npy"), *self.root.glob("similarity_*.json")]
+        out += [*self.root.glob("prior_*.npy"), *self.root.glob("prior_*.json")]
+        out += [p for p in (self.root / "identification.csv", self.root / "dice.csv") if p.is_file()]
+        return sorted(out)
+
+    # -- controls and membership (written by their own modules) ---------------------------
+    @property
+    def controls_json(self) -> Path:
+        """``controls/controls.json`` (:mod:`napari_invert.report.controls`)."""
+        return self.root / "controls" / "controls.json"
+
+    # -- native grid -------------------------------------------------------------------
+    @property
+    def native_dir(self) -> Path:
+        return self.root / "native"
+
+    @property
+    def native_scores_csv(self) -> Path:
+        return self.native_dir / "scores.csv"
+
+    # -- deformation -------------------------------------------------------------------
+    @property
+    def deformation_dir(self) -> Path:
+        return self.root / "deformation"
+
+    @property
+    def deformation_cache_dir(self) -> Path:
+        """Registrations already computed by ``evaluate`` (content-keyed)."""
+        return self.deformation_dir / "cache"
+
+    def deformation_maps_dir(self, variant: str, arch: str, tap: str) -> Path:
+        return self.deformation_dir / f"{variant}_{arch}_{tap_slug(tap)}"
+
+    def deformation_map(self, variant: str, arch: str, tap: str, subject_id: str) -> Path:
+        """|u| (mm, model grid) of a true pair registered by ``evaluate``."""
+        return self.deformation_maps_dir(variant, arch, tap) / f"{subject_id}.nii.gz"
+
+    @property
+    def gui_cache_dir(self) -> Path:
+        """What the napari plugin computed on demand (``cache/deformation/...``)."""
+        return self.root / "cache"
+
+    def gui_deformation_cache(
+        self, variant: str, arch: str, tap: str, recon_subject: str, ref_subject: str | None = None
+    ) -> Path:
+        """Where the napari plugin caches |u| (mm) of ``recon`` -> original ``ref``."""
+        name = f"{variant}_{arch}_{tap_slug(tap)}_{recon_subject}"
+        if ref_subject is not None and ref_subject != recon_subject:
+            name += f"_vs_{ref_subject}"
+        return self.gui_cache_dir / "deformation" / f"{name}.nii.gz"

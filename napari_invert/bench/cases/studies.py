@@ -71,7 +71,7 @@ def read_study(path: Path) -> dict[str, Any]:
         kind = key.split(":", 1)[0]
         by_kind[kind] = by_kind.get(kind, 0.0) + sec
     evaluation = None
-    summary = folder.root / "evaluation" / "summary.json"
+    summary = folder.evaluation.summary_json
     if summary.is_file():
         try:
             evaluation = float(read_json(summary).get("seconds"))

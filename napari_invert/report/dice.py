@@ -1,0 +1,544 @@
+"""Dice (paper Section 4.2.3): the victim on originals and on reconstructions.
+
+* :func:`compute_dice`: each fold's own trained victim segments its private (training)
+  and attack (unseen) originals, every private reconstruction and the fold's prior; rows
+  of ``tables/dice_per_subject.csv`` (:class:`DiceRow`).
+* :func:`compute_baselines`: the Dice of a trivial predictor on the unseen subjects (the
+  majority label per voxel of the victim's training labels,
+  :func:`napari_invert.metrics.majority_baseline_dice`), per victim
+  (:class:`DiceBaseline`), and :func:`barely_segments_warnings`: a banner when a victim's
+  Dice on unseen subjects is within :data:`BARELY_SEGMENTS_MARGIN` of that baseline.
+* :func:`dice_table`, :func:`dice_figure` and the report section :func:`dice_section`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_invert._io import write_text_atomic
+from napari_invert.report import paper
+from napari_invert.report.tables import (
+    _ARCH_ORDER,
+    _TAP_ORDER,
+    _VARIANT_ORDER,
+    MetricRow,
+    Table,
+    _num,
+    _position,
+    experiment_order,
+    fmt_mean_sd,
+    gain_of,
+    mean_sd,
+)
+from napari_invert.study.results import Experiment, StudyResults
+
+if TYPE_CHECKING:
+    from napari_invert.report.html import ReportContext, Section
+    from napari_invert.report.summary import ExperimentEvaluation, Log
+
+#: Warn when a victim's mean Dice on unseen subjects exceeds the trivial predictor's by
+#: less than this (absolute Dice).
+BARELY_SEGMENTS_MARGIN = 0.1
+
+_ARCH = {"unet": "U-Net", "segnet": "SegNet"}
+
+
+@dataclass
+class DiceRow:
+    """One line of ``dice.csv``.
+
+    ``input``: which image was segmented (``original``, ``reconstruction`` or ``prior``);
+    ``reference``: ``manual`` labels or ``original_segmentation`` (the same network's
+    segmentation of the original); ``role``: ``private`` (the segmenter trained on this
+    subject) or ``attack`` (unseen by the segmenter); ``tap`` is empty for rows that do not
+    depend on the attack.
+    """
+
+    variant: str
+    fold: int
+    arch: str
+    tap: str
+    subject_id: str
+    role: str
+    input: str
+    reference: str
+    dice: float
+
+
+DICE_CSV_COLUMNS: tuple[str, ...] = (
+    "variant",
+    "fold",
+    "arch",
+    "tap",
+    "subject_id",
+    "role",
+    "input",
+    "reference",
+    "dice",
+)
+
+
+def write_dice_csv(path: str | Path, rows: Iterable[DiceRow]) -> Path:
+    """Write ``dice.csv`` atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(DICE_CSV_COLUMNS)
+    for r in rows:
+        writer.writerow(
+            [r.variant, r.fold, r.arch, r.tap, r.subject_id, r.role, r.input, r.reference, _num(r.dice)]
+        )
+    return write_text_atomic(path, buf.getvalue())
+
+
+def dice_order(r: DiceRow) -> tuple:
+    """Sort key of Dice rows: experiment order, then fold, subject, input, reference."""
+    return (
+        experiment_order(Experiment(r.variant, r.arch, r.tap)),
+        r.fold,
+        r.subject_id,
+        r.input,
+        r.reference,
+    )
+
+
+@dataclass
+class DiceBaseline:
+    """A victim (variant, arch) against the trivial predictor, on its unseen subjects.
+
+    ``victim_unseen``: mean Dice of the victims (one per fold) on their attack (unseen)
+    subjects; ``baseline_unseen``: mean Dice of the majority label map of each fold's
+    training labels on the same subjects; ``n``: subjects x folds pooled.
+    """
+
+    variant: str
+    arch: str
+    victim_unseen: float
+    baseline_unseen: float
+    baseline_sd: float
+    n: int
+
+    @property
+    def margin(self) -> float:
+        return float(self.victim_unseen - self.baseline_unseen)
+
+    @property
+    def barely_segments(self) -> bool:
+        return bool(np.isfinite(self.margin) and self.margin < BARELY_SEGMENTS_MARGIN)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["margin"] = self.margin
+        d["barely_segments"] = self.barely_segments
+        return d
+
+
+def _n_classes(results: StudyResults, meta: dict[str, Any], labels: list[np.ndarray]) -> int:
+    for source in (meta, results.cohort):
+        n = source.get("n_classes") if isinstance(source, dict) else None
+        if isinstance(n, int) and n >= 2:
+            return n
+    return int(max(int(a.max()) for a in labels)) + 1
+
+
+def compute_dice(
+    results: StudyResults,
+    evaluations: list[ExperimentEvaluation],
+    variants: Mapping[str, Any],
+    device: Any,
+    log: Log,
+) -> tuple[list[DiceRow], list[MetricRow], str | None]:
+    """Paper Section 4.2.3: re-segment reconstructions with the fold's own trained victim."""
+    from napari_invert.checkpoint import checkpoint_exists
+
+    folder = results.folder
+    rows: list[DiceRow] = []
+    mrows: list[MetricRow] = []
+    missing_ckpt: list[str] = []
+    missing_labels: set[str] = set()
+    label_cache: dict[str, dict[str, np.ndarray | None]] = {}
+    splits = {int(f["fold"]): f for f in results.splits["folds"]}
+    jobs = sorted({(e.experiment.variant, f, e.experiment.arch) for e in evaluations for f in e.row_folds})
+    for variant, fold, arch in jobs:
+        stem = folder.segmenter_stem(variant, fold, arch)
+        if not checkpoint_exists(stem):
+            missing_ckpt.append(str(stem.relative_to(folder.root)) + ".safetensors")
+            continue
+        vd = variants[variant]
+        if variant not in label_cache:
+            label_cache[variant] = {s: results.labels(variant, s) for s in vd.candidate_ids}
+        labels = label_cache[variant]
+        if any(v is None for v in labels.values()):
+            missing_labels.add(variant)
+            continue
+        from napari_invert.models import load_segmenter
+
+        model, meta = load_segmenter(stem, device)
+        n_classes = _n_classes(results, meta if isinstance(meta, dict) else {}, list(labels.values()))
+        private = set(splits[fold]["private"])
+        fold_ids = list(splits[fold]["private"]) + list(splits[fold]["attack"])
+        seg_orig: dict[str, np.ndarray] = {}
+        for sid in fold_ids:
+            seg_orig[sid] = _segment(model, vd.originals[vd.index(sid)], device)
+            role = "private" if sid in private else "attack"
+            dice = _mean_dice(seg_orig[sid], labels[sid], n_classes)
+            rows.append(DiceRow(variant, fold, arch, "", sid, role, "original", "manual", dice))
+        seg_prior = _segment(model, vd.priors[vd.prior_index(fold)], device)
+        for ev in evaluations:
+            e = ev.experiment
+            if e.variant != variant or e.arch != arch:
+                continue
+            for sid, f in zip(ev.row_ids, ev.row_folds):
+                if f != fold:
+                    continue
+                seg = _segment(model, results.recon(e, sid), device)
+                refs = {"manual": labels[sid], "original_segmentation": seg_orig[sid]}
+                for reference, metric in (("manual", "dice"), ("original_segmentation", "dice_seg")):
+                    value = _mean_dice(seg, refs[reference], n_classes)
+                    prior_value = _mean_dice(seg_prior, refs[reference], n_classes)
+                    rows.append(
+                        DiceRow(
+                            variant, fold, arch, e.tap, sid, "private", "reconstruction", reference, value
+                        )
+                    )
+                    rows.append(
+                        DiceRow(variant, fold, arch, e.tap, sid, "private", "prior", reference, prior_value)
+                    )
+                    gain = gain_of(metric, value, prior_value)
+                    mrows.append(
+                        MetricRow(sid, fold, variant, arch, e.tap, metric, value, prior_value, gain, None)
+                    )
+        log(f"Dice: {variant} fold {fold} {arch} done")
+        del model
+    reasons = []
+    if missing_ckpt:
+        reasons.append(
+            f"no segmenter checkpoint for {len(missing_ckpt)} of {len(jobs)} victim(s) "
+            f"(e.g. {missing_ckpt[0]})"
+        )
+    if missing_labels:
+        reasons.append(f"no manual labels for variant(s) {sorted(missing_labels)} (data/<variant>/labels)")
+    reason = "; ".join(reasons) if reasons else None
+    if not rows and reason is None:
+        reason = "no reconstruction to segment"
+    return rows, mrows, reason
+
+
+def _segment(model: Any, image: np.ndarray, device: Any) -> np.ndarray:
+    from napari_invert.models import predict
+
+    return np.asarray(predict(model, np.asarray(image, dtype=np.float32), device))
+
+
+def _mean_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
+    from napari_invert.metrics import mean_dice
+
+    return float(mean_dice(pred, ref, n_classes))
+
+
+def compute_baselines(
+    results: StudyResults, dice_rows: Sequence[DiceRow], n_classes_hint: int | None = None
+) -> list[DiceBaseline]:
+    """The trivial predictor's Dice on each fold's unseen subjects, beside the victims'.
+
+    For every (variant, fold) with victim rows: the majority label map of the fold's
+    private (training) labels, scored against the labels of its attack subjects. Labels
+    are read from ``data/<variant>/labels``.
+    """
+    from napari_invert.metrics import majority_baseline_dice
+
+    splits = {int(f["fold"]): f for f in results.splits["folds"]}
+    out: list[DiceBaseline] = []
+    pairs = sorted(
+        {(r.variant, r.arch) for r in dice_rows},
+        key=lambda va: (_position(va[0], _VARIANT_ORDER), _position(va[1], _ARCH_ORDER)),
+    )
+    per_fold: dict[tuple[str, int], np.ndarray] = {}
+    for variant, arch in pairs:
+        victim, base = [], []
+        folds = sorted({r.fold for r in dice_rows if (r.variant, r.arch) == (variant, arch)})
+        for fold in folds:
+            victim += [
+                r.dice
+                for r in dice_rows
+                if (r.variant, r.arch, r.fold) == (variant, arch, fold)
+                and r.input == "original"
+                and r.role == "attack"
+                and r.reference == "manual"
+            ]
+            if (variant, fold) not in per_fold:
+                train = [results.labels(variant, s) for s in splits[fold]["private"]]
+                test = [results.labels(variant, s) for s in splits[fold]["attack"]]
+                if any(x is None for x in [*train, *test]) or not train or not test:
+                    continue
+                n = n_classes_hint or int(max(int(a.max()) for a in [*train, *test])) + 1
+                per_fold[(variant, fold)] = majority_baseline_dice(train, test, n)
+            base += list(per_fold[(variant, fold)])
+        vm, _, nv = mean_sd(victim)
+        bm, bsd, _ = mean_sd(base)
+        out.append(DiceBaseline(variant, arch, vm, bm, bsd, nv))
+    return out
+
+
+def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
+    """One banner (or none) naming every victim whose unseen-subject Dice is close to the
+    trivial predictor's (within :data:`BARELY_SEGMENTS_MARGIN`)."""
+    weak = [b for b in baselines if b.barely_segments]
+    if not weak:
+        return []
+    which = "; ".join(
+        f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
+        for b in weak
+    )
+    return [
+        f"The victims barely segment: mean Dice on unseen subjects vs a trivial predictor that ignores "
+        f"the image (the majority label of the victim's training labels at each voxel): {which}. "
+        "Reconstruction Dice and comparisons with the paper's Dice mean little for such victims; train "
+        "them longer (segmenter_training.steps) before drawing conclusions from Dice."
+    ]
+
+
+def dice_table(rows: Sequence[DiceRow], baselines: Sequence[DiceBaseline] = ()) -> Table:
+    """Dice (paper Section 4.2.3): the victim on its own and on unseen subjects, the trivial
+    predictor on the unseen subjects, and the reconstructions (vs manual labels and vs the
+    segmentation of the original)."""
+    base = {(b.variant, b.arch): b for b in baselines}
+    archs = sorted(
+        {(r.variant, r.arch) for r in rows},
+        key=lambda va: (_position(va[0], _VARIANT_ORDER), _position(va[1], _ARCH_ORDER)),
+    )
+    columns = [
+        "Variant",
+        "Arch",
+        "Tap",
+        "segmenter: private originals",
+        "segmenter: unseen originals",
+        "trivial predictor: unseen",
+        "reconstruction vs manual",
+        "reconstruction vs original's seg.",
+        "prior vs manual",
+        "Paper original",
+        "Paper reconstruction",
+    ]
+    csv_columns = [
+        "variant",
+        "arch",
+        "tap",
+        "private_mean",
+        "private_sd",
+        "private_n",
+        "unseen_mean",
+        "unseen_sd",
+        "unseen_n",
+        "baseline_unseen_mean",
+        "baseline_unseen_sd",
+        "recon_manual_mean",
+        "recon_manual_sd",
+        "recon_manual_n",
+        "recon_seg_mean",
+        "recon_seg_sd",
+        "recon_seg_n",
+        "prior_manual_mean",
+        "prior_manual_sd",
+        "paper_original_mean",
+        "paper_original_sd",
+        "paper_recon_mean",
+        "paper_recon_sd",
+    ]
+    out_rows, out_csv = [], []
+    for variant, arch in archs:
+        mine = [r for r in rows if r.variant == variant and r.arch == arch]
+        own_p = mean_sd(r.dice for r in mine if r.input == "original" and r.role == "private")
+        own_a = mean_sd(r.dice for r in mine if r.input == "original" and r.role == "attack")
+        taps = sorted({r.tap for r in mine if r.tap}, key=lambda t: _position(t, _TAP_ORDER))
+        p = paper.DICE.get(arch) if variant == "skull_stripped" else None
+        b = base.get((variant, arch))
+        for tap in taps or [""]:
+            rm = mean_sd(
+                r.dice
+                for r in mine
+                if r.tap == tap and r.input == "reconstruction" and r.reference == "manual"
+            )
+            rs = mean_sd(
+                r.dice
+                for r in mine
+                if r.tap == tap and r.input == "reconstruction" and r.reference == "original_segmentation"
+            )
+            pr = mean_sd(
+                r.dice for r in mine if r.tap == tap and r.input == "prior" and r.reference == "manual"
+            )
+            out_rows.append(
+                [
+                    variant,
+                    arch,
+                    tap or "–",
+                    fmt_mean_sd(*own_p[:2]),
+                    fmt_mean_sd(*own_a[:2]),
+                    fmt_mean_sd(b.baseline_unseen, b.baseline_sd) if b else "–",
+                    fmt_mean_sd(*rm[:2]),
+                    fmt_mean_sd(*rs[:2]),
+                    fmt_mean_sd(*pr[:2]),
+                    paper.fmt(p["original"] if p else None),
+                    paper.fmt(p["reconstruction"] if p else None),
+                ]
+            )
+            out_csv.append(
+                [
+                    variant,
+                    arch,
+                    tap,
+                    *own_p,
+                    *own_a,
+                    *((b.baseline_unseen, b.baseline_sd) if b else ("", "")),
+                    *rm,
+                    *rs,
+                    *pr[:2],
+                    *(p["original"] if p else ("", "")),
+                    *(p["reconstruction"] if p else ("", "")),
+                ]
+            )
+    notes = [
+        "Dice = mean over foreground classes of the segmentation by the fold's own trained victim.",
+        "'private originals': the victim's Dice on the subjects it was trained on; 'unseen originals': "
+        "on the fold's attack subjects, which it never saw (a real segmenter scores well on both).",
+        "'trivial predictor': the majority label of the victim's training labels at each voxel, "
+        "whatever the image, scored on the same unseen subjects. A victim near this baseline has "
+        "learnt little beyond where structures usually are.",
+        "Paper (Section 4.2.3, skull-stripped): Dice of the segmentation of originals and of "
+        "reconstructions vs the manual labels.",
+    ]
+    return Table(
+        "dice",
+        "Dice — the victim segmenter on originals and on reconstructions",
+        columns,
+        out_rows,
+        csv_columns,
+        out_csv,
+        notes,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# figure and report section
+# ---------------------------------------------------------------------------------------
+#: Panels per row of the Dice figure (keeps it readable at page width).
+DICE_FIGURE_COLUMNS = 2
+
+
+def dice_figure(
+    path: str | Path,
+    panels: Mapping[str, Mapping[str, np.ndarray]],
+    title: str,
+    baselines: Mapping[str, float] | None = None,
+) -> Path:
+    """Box plots of per-subject Dice, one panel per victim, wrapped into rows.
+
+    ``panels[panel_title][box_label] = values``; ``baselines[panel_title]``: the trivial
+    predictor's mean Dice on unseen subjects, drawn as a dashed line.
+    """
+    from napari_invert.report.figures import _figure, save_figure
+
+    names = list(panels) or ["no Dice"]
+    ncols = min(DICE_FIGURE_COLUMNS, len(names))
+    nrows = -(-len(names) // ncols)
+    width, row_h = 5.6 * ncols, 3.6
+    fig = _figure(width, row_h * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    height = row_h * nrows + 0.6
+    fig.subplots_adjust(
+        left=0.7 / width, right=0.99, bottom=1.1 / height, top=1 - 0.75 / height, wspace=0.18, hspace=0.62
+    )
+    for k, ax in enumerate(axes.ravel()):
+        if k >= len(names) or names[k] not in panels:
+            ax.set_axis_off()
+            continue
+        name = names[k]
+        groups = panels[name]
+        labels = list(groups)
+        data = [
+            np.asarray(groups[g], dtype=float)[np.isfinite(np.asarray(groups[g], dtype=float))]
+            for g in labels
+        ]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1))
+        ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+        base = (baselines or {}).get(name)
+        if base is not None and np.isfinite(base):
+            ax.axhline(
+                base, color="tab:red", linestyle="--", linewidth=1, label=f"trivial predictor {base:.2f}"
+            )
+            ax.legend(fontsize=7, loc="upper right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean Dice", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def dice_panels(rows: Sequence[DiceRow]) -> dict[str, dict[str, list[float]]]:
+    """Per victim (``U-Net skull_stripped``): box label -> per-subject Dice vs manual labels."""
+    panels: dict[str, dict[str, list[float]]] = {}
+    taps = sorted({r.tap for r in rows if r.tap}, key=lambda t: _position(t, _TAP_ORDER))
+    order = ["trained-on originals", "unseen originals", *[f"recon {t}" for t in taps], "prior"]
+    ordered = sorted(
+        rows, key=lambda r: (experiment_order(Experiment(r.variant, r.arch, "")), r.fold, r.subject_id)
+    )
+    for r in ordered:
+        if r.reference != "manual":
+            continue
+        panel = f"{_ARCH.get(r.arch, r.arch)} {r.variant}"
+        if r.input == "original":
+            box = "trained-on originals" if r.role == "private" else "unseen originals"
+        elif r.input == "reconstruction":
+            box = f"recon {r.tap}"
+        else:
+            box = "prior"
+        panels.setdefault(panel, {}).setdefault(box, []).append(r.dice)
+    return {k: {b: v[b] for b in order if b in v} for k, v in panels.items()}
+
+
+def make_dice_figure(results: StudyResults, summary: Any) -> Any:
+    """Draw ``figures/dice.png`` from the summary's Dice rows (``None`` without rows)."""
+    from napari_invert.report.figures import FigureFile
+
+    if not summary.dice_rows:
+        return None
+    base = {f"{_ARCH.get(b.arch, b.arch)} {b.variant}": b.baseline_unseen for b in summary.dice_baseline}
+    panels = {
+        k: {g: np.asarray(v) for g, v in groups.items()}
+        for k, groups in dice_panels(summary.dice_rows).items()
+    }
+    path = dice_figure(
+        results.folder.evaluation.figure("dice"),
+        panels,
+        "Dice vs manual labels (victim segmenter of each fold)",
+        base,
+    )
+    return FigureFile(
+        path,
+        "Dice",
+        "Segmentation by the fold's own victim: the subjects it was trained on, unseen subjects, "
+        "reconstructions and the prior. Dashed red line: a trivial predictor that ignores the image "
+        "(majority label of the victim's training labels at each voxel) on the unseen subjects.",
+        "dice",
+    )
+
+
+def dice_section(ctx: ReportContext) -> Section | None:
+    """Report section: the Dice table, the trivial baseline and the figure."""
+    from napari_invert.report.html import Section, figure_html
+
+    table = ctx.tables.get("dice")
+    figs = [f for f in ctx.figures if f.section == "dice"]
+    if table is None and not figs:
+        return None
+    parts = [table.to_html()] if table is not None else []
+    parts += [figure_html(f) for f in figs]
+    return Section("dice", "Dice: does the victim segment, and its reconstructions?", "\n".join(parts))
