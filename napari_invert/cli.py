@@ -8,6 +8,8 @@ Sub-commands::
     napari-invert evaluate STUDY_DIR [--metrics ...] [--deformation full|sample|off]
     napari-invert study-info STUDY_DIR  convergence table of the victims and decoders
     napari-invert bench [--quick] [--device ...]
+    napari-invert defend CONFIG --out DIR [--folds 0 ...]   defended victims (config ``defences:``)
+    napari-invert frontier STUDY... [--out DIR]             privacy-utility frontier of the defences
     napari-invert view STUDY_DIR        open the study in napari (needs the [napari] extra)
     napari-invert taps MODEL_CONFIG     layers (and roles) of your own model an attacker could read
     napari-invert audit CONFIG --out DIR   attack your own model on your cohort, then evaluate
@@ -164,6 +166,41 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_defend(args: argparse.Namespace) -> int:
+    from napari_invert.config import load_config
+    from napari_invert.study.defended import run_defended_study
+
+    config = load_config(args.config)
+    if not config.defences:
+        raise ConfigError(f"{args.config}: defences: the list is empty; nothing to defend")
+    jobs = args.jobs if args.jobs is not None else config.jobs
+    kw = {"architectures": args.architectures, "defences": args.only, "progress": not args.no_progress}
+    if jobs > 1:
+        from napari_invert.study.defended import run_defended_parallel
+
+        paths = run_defended_parallel(config, args.out, jobs, device=args.device, folds=args.folds, **kw)
+    else:
+        paths = run_defended_study(config, args.out, device=args.device, folds=args.folds, **kw)
+    print(f"defended experiments finished: {len(paths)} in {Path(args.out) / 'defences'}")
+    if args.frontier:
+        return _frontier([Path(args.out)], None)
+    return 0
+
+
+def _frontier(studies: list[Path], out: Path | None) -> int:
+    from napari_invert.report.frontier import write_frontier
+
+    written = write_frontier(studies, out)
+    for line in written["verdict"]:
+        print(line)
+    print(f"frontier: {written['files']['frontier.md'].parent}")
+    return 0
+
+
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    return _frontier([Path(s) for s in args.study], Path(args.out) if args.out else None)
+
+
 def _cmd_view(args: argparse.Namespace) -> int:  # pragma: no cover - opens a window
     try:
         import napari
@@ -316,6 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-evaluate", action="store_true", help="skip the evaluation and report")
     add_common(audit)
     audit.set_defaults(func=_cmd_audit)
+
+    defend = sub.add_parser("defend", help="train and attack the defended victims of a config's defences")
+    defend.add_argument("config", help="YAML study config with a defences: list")
+    defend.add_argument("--out", required=True, help="study folder (shared with 'study'; rerun to resume)")
+    defend.add_argument("--folds", type=int, nargs="+", default=None, help="only these folds")
+    defend.add_argument("--architectures", nargs="+", default=None, choices=["unet", "segnet"])
+    defend.add_argument(
+        "--only", nargs="+", default=None, help="only these defences (slugs: none noise-0.5 ...)"
+    )
+    defend.add_argument("--jobs", type=int, default=None, help="parallel fold processes (default: config)")
+    defend.add_argument("--frontier", action="store_true", help="write the frontier afterwards")
+    add_common(defend)
+    defend.set_defaults(func=_cmd_defend)
+
+    frontier = sub.add_parser("frontier", help="privacy-utility frontier of defended victims (table, figure)")
+    frontier.add_argument("study", nargs="+", help="study folder(s) with defended experiments")
+    frontier.add_argument("--out", default=None, help="output folder (default: STUDY/evaluation/frontier)")
+    frontier.set_defaults(func=_cmd_frontier)
 
     view = sub.add_parser("view", help="open a study folder in napari")
     view.add_argument("study", help="study folder")

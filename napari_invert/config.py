@@ -232,6 +232,88 @@ class EvaluationConfig(_Strict):
     deformation: DeformationConfig = Field(default_factory=DeformationConfig)
 
 
+class _DefenceBase(_Strict):
+    """Common fields of every defence (see :mod:`napari_invert.defences`).
+
+    ``strengths``: one defended victim is trained and attacked per value (a point on the
+    privacy-utility frontier). ``architectures``: which victims get this defence (default:
+    every architecture of ``segmenter.architectures``).
+    """
+
+    architectures: list[Architecture] | None = None
+
+
+class ExposeLessDefence(_DefenceBase):
+    """Expose less: the victim is TRAINED without the skip connections (U-Net) or pooling
+    indices (SegNet) of levels ``0..k-1``; strength ``k`` (1 = no level-0 skip)."""
+
+    kind: Literal["expose_less"]
+    strengths: list[Annotated[int, Field(ge=1, le=6)]] = Field(min_length=1)
+
+
+class NoiseDefence(_DefenceBase):
+    """Gaussian noise on every exposed float tensor at inference (and, with ``train``,
+    during the victim's training); strength = sigma relative to that tensor's SD."""
+
+    kind: Literal["noise"]
+    strengths: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    train: bool = Field(default=True, description="also add the noise while training the victim")
+
+
+class QuantiseDefence(_DefenceBase):
+    """Quantise every exposed float tensor to ``k`` bits (``2**k`` levels between its min and
+    max); strength ``k``. With ``train`` the victim is trained through the quantiser
+    (straight-through gradient)."""
+
+    kind: Literal["quantise"]
+    strengths: list[Annotated[int, Field(ge=1, le=16)]] = Field(min_length=1)
+    train: bool = True
+
+
+class DecorrelationDefence(_DefenceBase):
+    """NoPeek: distance-correlation penalty between the input and the exposed features during
+    training; strength = the penalty's weight. ``positions``: voxel positions sampled per
+    volume and tensor (dCor is computed within each volume, see
+    :mod:`napari_invert.defences.dcor`)."""
+
+    kind: Literal["nopeek"]
+    strengths: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    positions: int = Field(default=256, ge=8, le=4096)
+
+
+class AdversarialDefence(_DefenceBase):
+    """Adversarial training: the victim is trained against an inversion decoder (gradient
+    reversal: the adversary minimises, the victim maximises its reconstruction error);
+    strength = weight of the adversary's loss in the victim's objective."""
+
+    kind: Literal["adversarial"]
+    strengths: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+    adversary_base_filters: int = Field(default=8, ge=1)
+
+
+class DPSGDDefence(_DefenceBase):
+    """DP-SGD (Opacus): per-sample gradient clipping at ``max_grad_norm`` and Gaussian noise;
+    strength = the noise multiplier. Epsilon at ``delta`` comes from Opacus' RDP accountant.
+    Needs ``pip install 'napari-invert[dp]'`` and ``segmenter.norm`` instance or none."""
+
+    kind: Literal["dp_sgd"]
+    strengths: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    max_grad_norm: PositiveFloat = 1.0
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
+#: One entry of the study's ``defences:`` list, told apart by ``kind``.
+DefenceConfig = Annotated[
+    ExposeLessDefence
+    | NoiseDefence
+    | QuantiseDefence
+    | DecorrelationDefence
+    | AdversarialDefence
+    | DPSGDDefence,
+    Field(discriminator="kind"),
+]
+
+
 MembershipAttack = Literal[
     "loss_threshold", "dice_threshold", "confidence_threshold", "lira_offline", "lira_global"
 ]
@@ -315,6 +397,7 @@ class StudyConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
     jobs: int = Field(default=1, ge=1, description="folds run in this many parallel processes")
+    defences: list[DefenceConfig] = Field(default_factory=list, description="defended victims to compare")
 
     @property
     def multiple_of(self) -> int:

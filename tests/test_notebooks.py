@@ -31,6 +31,7 @@ NOTEBOOKS = (
     "01_reproduce_the_paper.ipynb",
     "02_explore_a_study.ipynb",
     "03_audit_your_own_model.ipynb",
+    "04_choose_a_defence.ipynb",
 )
 KERNEL_NAME = "napari-invert-notebook-tests"
 CELL_TIMEOUT_S = 600
@@ -218,3 +219,19 @@ def test_notebook_03_audits_a_monai_unet(kernel_name: str, tmp_path: Path) -> No
     assert "re-identified at top-1" in text and "chance 1/12" in text
     assert "the same architecture at its initialisation" in text
     assert n_images(nb) >= 1
+
+
+@pytest.mark.slow
+def test_notebook_04_chooses_a_defence(kernel_name: str, tmp_path: Path) -> None:
+    nb, _ = run_notebook(
+        "04_choose_a_defence.ipynb",
+        kernel_name,
+        {"small": True, "work_dir": str(tmp_path / "defences"), "device": "cpu"},
+    )
+    assert_no_errors(nb)
+    text = output_text(nb)
+    assert "Verdict:" in text and "U-Net (skull_stripped" in text
+    assert "non-dominated for re-identification" in text
+    assert "training-data leakage: MIA AUC" in text  # the table, both threat models
+    assert n_images(nb) >= 1  # the frontier figure
+    assert (tmp_path / "defences" / "study" / "evaluation" / "frontier" / "frontier.csv").is_file()

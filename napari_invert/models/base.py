@@ -109,6 +109,13 @@ def check_config(config: SegmenterConfig) -> None:
         )
 
 
+def check_drop_levels(drop_levels: int, levels: int) -> int:
+    """Validate the number of lowest levels without skips / pooling indices (0..levels)."""
+    if not 0 <= int(drop_levels) <= levels:
+        raise ConfigError(f"drop_levels: must lie in 0..{levels} (the number of levels), got {drop_levels}")
+    return int(drop_levels)
+
+
 class Segmenter(nn.Module):
     """Base class of the victim networks: ``forward(x) = decode(encode(x))``.
 

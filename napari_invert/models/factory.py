@@ -26,11 +26,24 @@ from napari_invert.models.unet import UNet3D
 ARCHITECTURES: dict[str, type[Segmenter]] = {"unet": UNet3D, "segnet": SegNet3D}
 
 #: meta keys written by :func:`save_segmenter` (user meta may not override them)
-RESERVED_META = ("kind", "arch", "segmenter_config", "n_classes", "in_channels", "format_version")
+RESERVED_META = (
+    "kind",
+    "arch",
+    "segmenter_config",
+    "n_classes",
+    "in_channels",
+    "format_version",
+    "drop_levels",
+)
 
 
-def build_segmenter(arch: str, config: SegmenterConfig, n_classes: int, in_channels: int = 1) -> Segmenter:
+def build_segmenter(
+    arch: str, config: SegmenterConfig, n_classes: int, in_channels: int = 1, drop_levels: int = 0
+) -> Segmenter:
     """Create an untrained ``unet`` or ``segnet`` for ``n_classes`` classes (incl. background).
+
+    ``drop_levels``: levels ``0..drop_levels-1`` without skip connections (U-Net) or
+    pooling indices (SegNet), the "expose less" defence; 0 (default) is the standard net.
 
     Weights are initialised from torch's global RNG: call ``torch.manual_seed`` first for
     reproducible initialisation.
@@ -41,6 +54,8 @@ def build_segmenter(arch: str, config: SegmenterConfig, n_classes: int, in_chann
         raise ConfigError(
             f"segmenter architecture: unknown '{arch}' (choose from {sorted(ARCHITECTURES)})"
         ) from None
+    if drop_levels:
+        return cls(config, n_classes=n_classes, in_channels=in_channels, drop_levels=drop_levels)  # type: ignore[call-arg]
     return cls(config, n_classes=n_classes, in_channels=in_channels)
 
 
@@ -49,7 +64,11 @@ def segmenter_from_spec(spec: dict[str, Any], source: Any = "<spec>") -> Segment
     try:
         config = SegmenterConfig.model_validate(spec["segmenter_config"])
         return build_segmenter(
-            spec["arch"], config, n_classes=int(spec["n_classes"]), in_channels=int(spec["in_channels"])
+            spec["arch"],
+            config,
+            n_classes=int(spec["n_classes"]),
+            in_channels=int(spec["in_channels"]),
+            drop_levels=int(spec.get("drop_levels", 0)),
         )
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(

@@ -437,6 +437,12 @@ def evaluate_study(
         or f"[{TRAINING_DATA_LEAKAGE}] not measured: membership inference needs held-out non-members "
         "(set holdout > 0 and membership.enabled in the config)."
     ]
+    frontier = None
+    if folder.defended_results():  # defended victims (napari-invert defend): the frontier
+        from napari_invert.report.frontier import write_frontier
+
+        frontier = write_frontier([folder.root])
+        verdicts += frontier["verdict"]
     n_candidates = max((len(v.candidate_ids) for v in variants.values()), default=0)
     summary = EvaluationSummary(
         study_dir=folder.root,
@@ -459,6 +465,7 @@ def evaluate_study(
         dice_baseline=baselines,
         membership=membership,
         controls=controls,
+        frontier=frontier,
     )
     from napari_invert.report.figures import make_figures
     from napari_invert.report.html import write_report

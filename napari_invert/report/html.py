@@ -115,6 +115,7 @@ SECTION_BUILDERS: list[SectionBuilder] = [
     _lazy(_S, "tables_section"),
     _lazy(_S, "identification_section"),
     _lazy(_S, "membership_section"),
+    _lazy("napari_invert.report.frontier", "frontier_section"),
     _lazy("napari_invert.report.native", "native_section"),
     _lazy(_S, "reconstructions_section"),
     _lazy("napari_invert.report.deformation", "deformation_section"),

@@ -105,6 +105,7 @@ class EvaluationSummary:
     dice_baseline: list[Any] = field(default_factory=list)
     membership: dict[str, Any] = field(default_factory=dict)
     controls: dict[str, Any] | None = None
+    frontier: dict[str, Any] | None = None
 
     @property
     def layout(self) -> EvaluationFolder:

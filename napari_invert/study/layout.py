@@ -23,6 +23,8 @@ evaluation/report code and the napari widgets.
       <variant>/fold<k>/<arch>/<tap>/plugin/decoder.*, decoder_curve.csv, recon/<ID>.nii.gz
                                              trained in the napari plugin (not the study's)
       evaluation/                            written by ``napari-invert evaluate`` (:class:`EvaluationFolder`)
+      defences/<variant>/fold<k>/<arch>@<defence>/segmenter.*, exposed/decoder.*, exposed/recon/,
+                                             result.json   (napari_invert.defences)
 
 ``<tap>`` is the tap name with ``+`` replaced by ``_`` (``bottleneck_skips``).
 All paths are produced by :class:`StudyFolder`; nothing else should build them by hand.
@@ -136,6 +138,46 @@ class StudyFolder:
 
     def recon_native(self, variant: str, fold: int, arch: str, tap: str, subject_id: str) -> Path:
         return self.tap_dir(variant, fold, arch, tap) / "recon_native" / f"{subject_id}.nii.gz"
+
+    # -- defended victims (napari_invert.defences; kept apart from the study's experiments) --
+    @property
+    def defences_dir(self) -> Path:
+        """``STUDY/defences/``: every defended victim, its attacker and its measured point."""
+        return self.root / "defences"
+
+    def defended_dir(self, variant: str, fold: int, arch: str, defence: str) -> Path:
+        """``defences/<variant>/fold<k>/<arch>@<defence>/`` (``defence``: a slug such as
+        ``noise-0.5``; ``none`` is the undefended reference trained the same way)."""
+        return self.defences_dir / variant / f"fold{fold}" / f"{arch}@{defence}"
+
+    def defended_segmenter_stem(self, variant: str, fold: int, arch: str, defence: str) -> Path:
+        return self.defended_dir(variant, fold, arch, defence) / "segmenter"
+
+    def defended_segmenter_curve(self, variant: str, fold: int, arch: str, defence: str) -> Path:
+        return self.defended_dir(variant, fold, arch, defence) / "segmenter_curve.csv"
+
+    def defended_decoder_stem(self, variant: str, fold: int, arch: str, defence: str) -> Path:
+        """The attacker's decoder, retrained from scratch against the defended victim."""
+        return self.defended_dir(variant, fold, arch, defence) / "exposed" / "decoder"
+
+    def defended_decoder_curve(self, variant: str, fold: int, arch: str, defence: str) -> Path:
+        return self.defended_dir(variant, fold, arch, defence) / "exposed" / "decoder_curve.csv"
+
+    def defended_recon(self, variant: str, fold: int, arch: str, defence: str, subject_id: str) -> Path:
+        return self.defended_dir(variant, fold, arch, defence) / "exposed" / "recon" / f"{subject_id}.nii.gz"
+
+    def defended_result(self, variant: str, fold: int, arch: str, defence: str) -> Path:
+        """Per-subject measurements of one defended victim in one fold (JSON)."""
+        return self.defended_dir(variant, fold, arch, defence) / "result.json"
+
+    def defended_results(self) -> list[Path]:
+        """Every ``result.json`` under ``defences/``, sorted."""
+        return sorted(self.defences_dir.glob("*/fold*/*@*/result.json"))
+
+    @property
+    def frontier_dir(self) -> Path:
+        """``evaluation/frontier/``: table, figures and report section of the frontier."""
+        return self.evaluation_dir / "frontier"
 
     # -- membership inference (threat model "training-data leakage") -------------------
     def membership_dir(self, variant: str, fold: int, arch: str) -> Path:

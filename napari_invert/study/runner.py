@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that may differ between runs of one study folder without invalidating it:
 #: where and how fast it runs, and how it is evaluated afterwards.
-_RUNTIME_KEYS = ("device", "num_threads", "jobs", "evaluation", "name")
+_RUNTIME_KEYS = ("device", "num_threads", "jobs", "evaluation", "name", "defences")
 
 
 def _now() -> str:

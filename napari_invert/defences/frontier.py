@@ -1,0 +1,333 @@
+"""The privacy-utility frontier: one point per defence and strength, with intervals.
+
+:func:`collect_points` pools the per-subject measurements of every ``result.json`` of one
+or more study folders over folds, per (study, variant, architecture, defence):
+
+* ``dice``: utility, mean Dice on unseen subjects, 95 % percentile-bootstrap interval;
+* ``dice_cost``: the reference's Dice minus this point's, paired per unseen subject (the
+  reference ``none`` and every defence are scored on the same subjects of the same folds);
+* ``reid_top1`` (feature inversion): re-identified members / members, Clopper-Pearson
+  95 % interval, chance ``1/M`` and the binomial p-value of doing that well by guessing;
+* ``ssim_gain`` (feature inversion): SSIM of the reconstruction minus SSIM of the prior,
+  against the true original; bootstrap interval;
+* ``member_gap`` (feature inversion, only with held-out subjects): member minus non-member
+  SSIM gain;
+* ``mia_auc`` (training-data leakage): membership-inference ROC AUC, averaged over folds,
+  stratified bootstrap interval (0.5 = chance).
+
+:func:`pareto_front` marks the non-dominated points (higher utility, lower leakage).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_invert._io import read_json
+from napari_invert.defences.measures import auc_mann_whitney
+from napari_invert.errors import DataError
+from napari_invert.study.layout import StudyFolder
+
+#: resamples of every bootstrap interval
+N_BOOT = 2000
+#: a re-identification rate is "at chance" when guessing does as well with p >= this
+CHANCE_ALPHA = 0.05
+#: the Dice cost the verdict allows
+MAX_DICE_COST = 0.02
+#: below this reference Dice the verdict warns that the victim barely segments
+LOW_UTILITY = 0.1
+
+ARCH_LABELS = {"unet": "U-Net", "segnet": "SegNet"}
+
+#: privacy measures on the frontier: (attribute, axis label, threat model, chance value)
+MEASURES: tuple[tuple[str, str, str], ...] = (
+    ("reid_top1", "re-identification top-1 rate", "feature inversion"),
+    ("ssim_gain", "SSIM gain over the prior", "feature inversion"),
+    ("mia_auc", "membership-inference AUC", "training-data leakage"),
+)
+
+
+@dataclass
+class Estimate:
+    """A value with its 95 % interval ``[lo, hi]`` and the number ``n`` it rests on."""
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+
+    def fmt(self, digits: int = 3) -> str:
+        if not math.isfinite(self.value):
+            return "n/a"
+        return f"{self.value:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
+
+
+def _nan() -> Estimate:
+    return Estimate(float("nan"), float("nan"), float("nan"), 0)
+
+
+def bootstrap_mean(values: Sequence[float], seed: int = 0) -> Estimate:
+    """Mean and 95 % percentile-bootstrap interval of ``values`` (NaNs dropped)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return _nan()
+    if v.size == 1:
+        return Estimate(float(v[0]), float(v[0]), float(v[0]), 1)
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(N_BOOT, v.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return Estimate(float(v.mean()), float(lo), float(hi), int(v.size))
+
+
+def clopper_pearson(k: int, n: int) -> Estimate:
+    """Rate ``k/n`` with its exact (Clopper-Pearson) 95 % interval."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return _nan()
+    lo = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+    return Estimate(k / n, lo, hi, n)
+
+
+def binomial_p(k: int, n: int, p: float) -> float:
+    """P(X >= k), X ~ Binomial(n, p): how often guessing re-identifies at least ``k``."""
+    from scipy.stats import binom
+
+    if n == 0 or k == 0:
+        return 1.0
+    return float(binom.sf(k - 1, n, p))
+
+
+def fold_auc(folds: Sequence[tuple[Sequence[float], Sequence[float]]], seed: int = 0) -> Estimate:
+    """Mean over folds of the AUC of (member, non-member) scores, stratified bootstrap."""
+    folds = [(np.asarray(m, float), np.asarray(n, float)) for m, n in folds if len(m) and len(n)]
+    if not folds:
+        return _nan()
+    value = float(np.mean([auc_mann_whitney(m, n) for m, n in folds]))
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(N_BOOT // 4):
+        boots.append(
+            np.mean(
+                [
+                    auc_mann_whitney(m[rng.integers(0, m.size, m.size)], n[rng.integers(0, n.size, n.size)])
+                    for m, n in folds
+                ]
+            )
+        )
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return Estimate(value, float(lo), float(hi), int(sum(m.size + n.size for m, n in folds)))
+
+
+@dataclass
+class FrontierPoint:
+    """One defended victim (or the reference), pooled over the folds that were run."""
+
+    study: str
+    variant: str
+    arch: str
+    defence: str
+    kind: str
+    strength: float
+    label: str
+    threat_model: str
+    folds: list[int]
+    dice: Estimate
+    dice_cost: Estimate
+    reid_top1: Estimate
+    reid_hits: int
+    chance_top1: float
+    p_value_top1: float
+    ssim_gain: Estimate
+    member_gap: Estimate
+    mia_auc: Estimate
+    mia_attack: str
+    epsilon: float | None = None
+    delta: float | None = None
+    front: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.kind == "none"
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        return (self.study, self.variant, self.arch)
+
+    @property
+    def reid_at_chance(self) -> bool:
+        """Re-identification not distinguishable from guessing (binomial p >= 0.05)."""
+        return self.p_value_top1 >= CHANCE_ALPHA
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _results_of(study: Path) -> list[dict[str, Any]]:
+    folder = StudyFolder(Path(study))
+    paths = folder.defended_results()
+    if not paths:
+        raise DataError(folder.defences_dir, "no defended experiments (result.json) found; run them first")
+    return [read_json(p) for p in paths]
+
+
+def collect_points(studies: Sequence[str | Path]) -> list[FrontierPoint]:
+    """Every frontier point of the given study folders (see the module docstring)."""
+    points: list[FrontierPoint] = []
+    for study in studies:
+        grouped: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in _results_of(Path(study)):
+            grouped[(r["variant"], r["arch"], r["defence"]["slug"])].append(r)
+        name = Path(study).name
+        for (variant, arch, slug), rows in sorted(grouped.items()):
+            rows = sorted(rows, key=lambda r: r["fold"])
+            ref = {r["fold"]: r for r in grouped.get((variant, arch, "none"), [])}
+            points.append(_point(name, variant, arch, slug, rows, ref))
+    for key in {p.group for p in points}:
+        group = [p for p in points if p.group == key]
+        for attr, _, _ in MEASURES:
+            util = np.array([p.dice.value for p in group])
+            leak = np.array([getattr(p, attr).value for p in group])
+            for p, on in zip(group, pareto_front(util, leak)):
+                p.front[attr] = bool(on)
+    return points
+
+
+def _point(
+    study: str, variant: str, arch: str, slug: str, rows: list[dict[str, Any]], ref: dict[int, dict]
+) -> FrontierPoint:
+    d = rows[0]["defence"]
+    dice = [v for r in rows for v in r["utility"]["dice"]]
+    cost: list[float] = []
+    for r in rows:
+        base = ref.get(r["fold"])
+        if base is not None and base["utility"]["subjects"] == r["utility"]["subjects"]:
+            cost += [a - b for a, b in zip(base["utility"]["dice"], r["utility"]["dice"])]
+    fi = [r["feature_inversion"] for r in rows]
+    hits = int(sum(sum(f["top1"]) for f in fi))
+    n = int(sum(len(f["top1"]) for f in fi))
+    m = max(int(f["n_candidates"]) for f in fi)
+    gains = [v for f in fi for v in f["ssim_gain"]]
+    nm_gains = [v for f in fi for v in f.get("non_member_ssim_gain", [])]
+    gap = _nan()
+    if nm_gains:
+        rng = np.random.default_rng(1)
+        a, b = np.asarray(gains), np.asarray(nm_gains)
+        boots = [
+            a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean()
+            for _ in range(N_BOOT)
+        ]
+        lo, hi = np.percentile(boots, [2.5, 97.5])
+        gap = Estimate(float(a.mean() - b.mean()), float(lo), float(hi), int(a.size + b.size))
+    tl = [r["training_data_leakage"] for r in rows]
+    mia = fold_auc([(t.get("member_scores", []), t.get("non_member_scores", [])) for t in tl])
+    info = rows[0].get("defence_info") or {}
+    return FrontierPoint(
+        study=study,
+        variant=variant,
+        arch=arch,
+        defence=slug,
+        kind=d["kind"],
+        strength=float(d["strength"]),
+        label=d["label"],
+        threat_model=d["threat_model"],
+        folds=[int(r["fold"]) for r in rows],
+        dice=bootstrap_mean(dice),
+        dice_cost=bootstrap_mean(cost) if cost else _nan(),
+        reid_top1=clopper_pearson(hits, n),
+        reid_hits=hits,
+        chance_top1=1.0 / m,
+        p_value_top1=binomial_p(hits, n, 1.0 / m),
+        ssim_gain=bootstrap_mean(gains),
+        member_gap=gap,
+        mia_auc=mia,
+        mia_attack=str(tl[0].get("attack", "")),
+        epsilon=info.get("epsilon"),
+        delta=info.get("delta"),
+    )
+
+
+def pareto_front(utility: Sequence[float], leakage: Sequence[float]) -> np.ndarray:
+    """Boolean mask of the non-dominated points: no other point has utility >= and
+    leakage <= with at least one strict. Points with a NaN coordinate are never on it."""
+    u = np.asarray(utility, dtype=float)
+    lk = np.asarray(leakage, dtype=float)
+    ok = np.isfinite(u) & np.isfinite(lk)
+    on = ok.copy()
+    for i in np.flatnonzero(ok):
+        better = ok & (u >= u[i]) & (lk <= lk[i]) & ((u > u[i]) | (lk < lk[i]))
+        if better.any():
+            on[i] = False
+    return on
+
+
+def verdict(points: Sequence[FrontierPoint], max_cost: float = MAX_DICE_COST) -> list[str]:
+    """Plain sentences, one per (study, variant, arch): does any defence bring
+    re-identification to chance at a Dice cost <= ``max_cost``, and which."""
+    lines = []
+    for key in sorted({p.group for p in points}):
+        group = [p for p in points if p.group == key]
+        ref = next((p for p in group if p.is_reference), None)
+        study, variant, arch = key
+        name = f"{ARCH_LABELS.get(arch, arch)} ({variant}, {study})"
+        if ref is None:
+            lines.append(f"{name}: no undefended reference was run; no verdict.")
+            continue
+        ref_txt = (
+            f"undefended: Dice {ref.dice.value:.3f}, re-identified {ref.reid_hits}/{ref.reid_top1.n} "
+            f"(chance {ref.chance_top1:.3f})"
+        )
+        defended = [p for p in group if not p.is_reference]
+        caveat = ""
+        if math.isfinite(ref.dice.value) and ref.dice.value < LOW_UTILITY:
+            caveat = (
+                f" Caution: the undefended victim barely segments (Dice {ref.dice.value:.3f} < "
+                f"{LOW_UTILITY}), so Dice costs say little; train it longer."
+            )
+        if ref.reid_at_chance:
+            lines.append(
+                f"{name}: nothing to fix — the undefended victim's re-identification is already not "
+                f"distinguishable from chance (p = {ref.p_value_top1:.2f}; {ref_txt}), so no defence can "
+                f"be credited with bringing it there.{caveat}"
+            )
+            continue
+        good = [
+            p
+            for p in defended
+            if p.reid_at_chance and math.isfinite(p.dice_cost.value) and p.dice_cost.value <= max_cost
+        ]
+        if good:
+            which = "; ".join(
+                f"{p.label}: re-identified {p.reid_hits}/{p.reid_top1.n} (p = {p.p_value_top1:.2f}), "
+                f"Dice cost {p.dice_cost.value:+.3f}"
+                for p in good
+            )
+            lines.append(
+                f"{name}: YES — feature-inversion re-identification is at chance with a Dice cost "
+                f"<= {max_cost} for: {which} ({ref_txt}).{caveat}"
+            )
+        else:
+            at_chance = [p for p in defended if p.reid_at_chance]
+            if at_chance:
+                best = min(
+                    at_chance, key=lambda p: p.dice_cost.value if math.isfinite(p.dice_cost.value) else 9
+                )
+                extra = (
+                    f" The cheapest defence that reaches chance is {best.label}, at a Dice cost of "
+                    f"{best.dice_cost.value:+.3f}."
+                )
+            else:
+                extra = " No defence tried brought re-identification to chance at any cost."
+            lines.append(
+                f"{name}: NO — no defence brings feature-inversion re-identification to chance at a "
+                f"Dice cost <= {max_cost} ({ref_txt}).{extra}{caveat}"
+            )
+    return lines

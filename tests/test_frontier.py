@@ -1,0 +1,169 @@
+"""The frontier: a tiny defended experiment end to end (train, retrain the attacker, measure,
+table, figure, CLI), resumption, and the verdict on hand-made points."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from napari_invert._io import read_json
+from napari_invert.config import parse_config
+from napari_invert.defences.frontier import Estimate, FrontierPoint, verdict
+from napari_invert.study.defended import run_defended_study
+from napari_invert.study.layout import StudyFolder
+
+TINY = {
+    "name": "tiny_defences",
+    "cohort": {"kind": "demo", "n_subjects": 8, "seed": 3, "demo_voxel_mm": 8.0},
+    "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
+    "folds": 4,
+    "holdout": "fold",  # 2 members / 2 held-out non-members / 4 attack subjects per fold
+    "membership": {"n_shadows": 0, "attacks": ["loss_threshold", "dice_threshold"]},
+    "segmenter": {"architectures": ["unet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
+    "segmenter_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
+    "attack": {
+        "taps": {"unet": ["bottleneck+skips"]},
+        "decoder_base_filters": 4,
+        "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "augment": False},
+    },
+    "defences": [
+        {"kind": "noise", "strengths": [1.0], "train": False},
+        {"kind": "expose_less", "strengths": [1]},
+        {"kind": "quantise", "strengths": [1], "train": False},
+    ],
+    "device": "cpu",
+    "num_threads": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def defended_study(tmp_path_factory) -> Path:
+    from napari_invert.data.demo import make_demo_cohort
+
+    root = tmp_path_factory.mktemp("defended")
+    cohort = make_demo_cohort(root / "cohort", n_subjects=8, seed=3, voxel_mm=8.0, progress=False)
+    data = {**TINY, "cohort": {**TINY["cohort"], "path": str(cohort)}}
+    study = root / "study"
+    paths = run_defended_study(parse_config(data), study, folds=[0], progress=False)
+    assert len(paths) == 4  # fold 0: the reference + 3 defences
+    return study
+
+
+def test_defended_experiments_retrain_the_attacker_and_measure_both_threats(defended_study: Path) -> None:
+    folder = StudyFolder(defended_study)
+    splits = folder.read_splits()["folds"][:1]
+    for fold in splits:
+        k = fold["fold"]
+        for slug in ("none", "noise-1", "expose_less-1", "quantise-1"):
+            r = read_json(folder.defended_result("skull_stripped", k, "unet", slug))
+            assert r["defence"]["slug"] == slug
+            # the attacker's decoder was trained against THIS victim, on its own subjects only
+            meta = read_json(
+                folder.defended_decoder_stem("skull_stripped", k, "unet", slug).with_suffix(".json")
+            )
+            assert meta["defence"] == slug and meta["trained_on"] == fold["attack"]
+            # members are reconstructed and ranked among all 8 subjects, non-members too
+            fi = r["feature_inversion"]
+            assert fi["threat_model"] == "feature inversion" and fi["subjects"] == fold["private"]
+            assert fi["n_candidates"] == 8 and len(fi["rank"]) == len(fold["private"]) == 2
+            assert all(1 <= rank <= 8 for rank in fi["rank"])
+            assert fi["top1"] == [int(rank == 1) for rank in fi["rank"]]
+            assert len(fi["non_member_ssim_gain"]) == len(fold["holdout"]) == 2
+            # utility on held-out subjects; membership inference members vs held-out non-members
+            assert r["utility"]["subjects"] == fold["holdout"] and len(r["utility"]["dice"]) == 2
+            tl = r["training_data_leakage"]
+            assert tl["threat_model"] == "training-data leakage" and 0.0 <= tl["auc"] <= 1.0
+            assert tl["non_members"] == fold["holdout"] and tl["attack"].startswith("loss_threshold")
+            assert set(tl["attacks"]) == {"loss_threshold", "dice_threshold"}
+            for sid in [*fold["private"], *fold["holdout"]]:
+                assert folder.defended_recon("skull_stripped", k, "unet", slug, sid).is_file()
+        # expose_less exposes no level-0 skip; the reference does
+        assert read_json(folder.defended_result("skull_stripped", k, "unet", "expose_less-1"))["exposed"] == [
+            "bottleneck",
+            "skip1",
+        ]
+        assert "skip0" in read_json(folder.defended_result("skull_stripped", k, "unet", "none"))["exposed"]
+        # inference-only noise reuses the reference's weights: no victim of its own
+        assert (
+            not folder.defended_segmenter_stem("skull_stripped", k, "unet", "noise-1")
+            .with_suffix(".json")
+            .exists()
+        )
+        assert (
+            folder.defended_segmenter_stem("skull_stripped", k, "unet", "expose_less-1")
+            .with_suffix(".json")
+            .is_file()
+        )
+    # the main study's experiments are not polluted by the defended ones
+    from napari_invert.study.results import StudyResults
+
+    assert StudyResults(defended_study).experiments() == []
+
+
+def test_rerun_skips_finished_experiments(defended_study: Path) -> None:
+    folder = StudyFolder(defended_study)
+    before = {p: p.stat().st_mtime_ns for p in folder.defended_results()}
+    config = parse_config(
+        {**TINY, "cohort": {**TINY["cohort"], "path": str(defended_study.parent / "cohort")}}
+    )
+    paths = run_defended_study(config, defended_study, folds=[0], progress=False)
+    assert sorted(paths) == sorted(before)
+    assert {p: p.stat().st_mtime_ns for p in paths} == before
+
+
+def test_frontier_cli_writes_table_figure_and_verdict(defended_study: Path, tmp_path: Path, capsys) -> None:
+    from napari_invert.cli import main
+
+    out = tmp_path / "frontier"
+    assert main(["frontier", str(defended_study), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "U-Net (skull_stripped" in printed
+    with open(out / "frontier.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows[0]["defence"] == "undefended"
+    assert len(rows) == 4
+    for r in rows:
+        assert r["folds"] == "0"
+        assert "[" in r["Dice (unseen) [95% CI]"]  # every point has an interval
+        assert "[" in r["training-data leakage: MIA AUC [95% CI]"]
+        assert r["chance top-1"] == f"{1 / 8:.3f}"
+        assert "[" in r["feature inversion: member - non-member gain [95% CI]"]
+    doc = read_json(out / "frontier.json")
+    assert len(doc["points"]) == 4 and doc["verdict"]
+    md = (out / "frontier.md").read_text()
+    assert "**Verdict.**" in md and "| undefended |" in md
+    assert (out / "frontier_study_skull_stripped_unet.png").stat().st_size > 10_000
+    assert "<h2" in (out / "frontier.html").read_text()
+
+
+# -- the verdict on hand-made points ------------------------------------------------------------------
+def _pt(kind: str, dice: float, cost: float, hits: int, n: int = 10, m: int = 40) -> FrontierPoint:
+    from napari_invert.defences.frontier import binomial_p, clopper_pearson
+
+    e = Estimate(dice, dice - 0.01, dice + 0.01, n)
+    return FrontierPoint(
+        study="s", variant="v", arch="unet", defence=kind, kind=kind.split("-")[0], strength=1.0,
+        label=kind, threat_model="feature inversion", folds=[0], dice=e,
+        dice_cost=Estimate(cost, cost - 0.01, cost + 0.01, n), reid_top1=clopper_pearson(hits, n),
+        reid_hits=hits, chance_top1=1 / m, p_value_top1=binomial_p(hits, n, 1 / m),
+        ssim_gain=e, member_gap=Estimate(float("nan"), float("nan"), float("nan"), 0), mia_auc=e,
+        mia_attack="dice-threshold",
+    )  # fmt: skip
+
+
+def test_verdict_says_which_defence_reaches_chance_within_the_dice_budget() -> None:
+    ref = _pt("none", 0.70, 0.0, hits=10)
+    cheap = _pt("noise-1", 0.69, 0.01, hits=1)  # 1/10 hits at chance 1/40: p = 0.22
+    costly = _pt("expose_less-3", 0.60, 0.10, hits=0)
+    leaky = _pt("quantise-4", 0.70, 0.0, hits=6)
+    [line] = verdict([ref, cheap, costly, leaky])
+    assert line.startswith("U-Net (v, s): YES") and "noise-1" in line
+    assert "expose_less-3" not in line and "quantise-4" not in line
+    [line] = verdict([ref, costly, leaky])
+    assert "NO" in line and "cheapest defence that reaches chance is expose_less-3" in line
+    [line] = verdict([_pt("none", 0.7, 0.0, hits=1), cheap])
+    assert "nothing to fix" in line
+    [line] = verdict([_pt("none", 0.05, 0.0, hits=10), _pt("noise-1", 0.05, 0.0, hits=0)])
+    assert "barely segments" in line
