@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_invert import __version__
-from napari_invert.errors import ConfigError, NapariInvertError
+from napari_invert.errors import NapariInvertError
 
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
@@ -45,13 +45,21 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     jobs = args.jobs if args.jobs is not None else config.jobs
-    if jobs > 1:
+    backend = args.backend or config.execution.backend
+    if jobs > 1 or backend != "local":
         from napari_invert.study.runner import run_study_parallel
 
-        if args.variants or args.architectures:
-            raise ConfigError("--jobs runs whole folds; do not combine it with --variants/--architectures")
         folder = run_study_parallel(
-            config, args.out, jobs, device=args.device, folds=args.folds, progress=not args.no_progress
+            config,
+            args.out,
+            jobs,
+            device=args.device,
+            folds=args.folds,
+            progress=not args.no_progress,
+            backend=backend,
+            address=args.address,
+            variants=args.variants,
+            architectures=args.architectures,
         )
         print(f"study finished: {folder.root}")
         if args.evaluate:
@@ -164,8 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument(
         "--jobs",
         type=int,
-        default=1,
-        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores)",
+        default=None,
+        help="run victims in N parallel processes, one torch thread each (default: config jobs)",
+    )
+    study.add_argument(
+        "--backend",
+        default=None,
+        choices=["local", "ray"],
+        help="where victims run: local processes (--jobs) or Ray tasks (default: config execution.backend)",
+    )
+    study.add_argument(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
     )
     study.add_argument("--evaluate", action="store_true", help="evaluate and write the report afterwards")
     add_common(study)
