@@ -23,7 +23,7 @@ from napari_invert.config import StudyConfig
 from napari_invert.execution.base import Executor, Unit
 from napari_invert.study.layout import StudyFolder
 
-__all__ = ["run_study_units", "study_units", "victim_unit"]
+__all__ = ["run_study_units", "study_units", "victim_steps", "victim_unit"]
 
 VICTIM_FUNC = "napari_invert.execution.study:victim_unit"
 
@@ -62,6 +62,13 @@ def victim_unit(config: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]
 def victim_key(variant: str, fold: int, arch: str) -> str:
     """Unit key of one victim: ``victim:<variant>:fold<k>:<arch>``."""
     return f"victim:{variant}:fold{fold}:{arch}"
+
+
+def victim_steps(config: StudyConfig, variant: str, fold: int, arch: str) -> list[str]:
+    """Manifest keys a finished victim unit has recorded (segmenter + one per tap)."""
+    keys = [f"segmenter:{variant}:fold{fold}:{arch}"]
+    keys += [f"attack:{variant}:fold{fold}:{arch}:{tap}" for tap in config.attack.taps.get(arch, [])]
+    return keys
 
 
 def study_units(
@@ -138,6 +145,13 @@ def run_study_units(
     units = study_units(
         config, out_dir, device=device, folds=folds, variants=variants, architectures=architectures
     )
+    # A resumed study: victims whose every step the manifest records are not sent at all.
+    done = set(StudyFolder(Path(out_dir)).read_manifest().get("steps", {}))
+    units = [
+        u
+        for u in units
+        if not set(victim_steps(config, u.config["variant"], u.config["fold"], u.config["arch"])) <= done
+    ]
     try:
         executor.map(units, progress=progress, desc=f"victims ({executor.name})")
     finally:
