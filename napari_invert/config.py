@@ -150,6 +150,10 @@ class DeformationConfig(_Strict):
         default="first",
         description="register only the first tap listed per architecture (the paper's Table 3) or all",
     )
+    backend: Literal["ants", "fireants"] = Field(
+        default="ants",
+        description="registration engine: ants (CPU) or fireants (PyTorch; CUDA when present, else CPU)",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod
