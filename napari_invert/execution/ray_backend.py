@@ -26,9 +26,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ConfigError(
-            "execution.backend 'ray' needs Ray: pip install 'napari-invert[cluster]'"
-        ) from None
+        raise ConfigError("execution.backend 'ray' needs Ray: pip install 'napari-invert[cluster]'") from None
     return ray
 
 
@@ -77,9 +75,7 @@ class RayExecutor:
         remote = ray.remote(_remote_call)
         refs = {}
         for unit in units:
-            task = remote.options(
-                num_cpus=unit.cpus, num_gpus=unit.gpus, max_retries=0, name=unit.key
-            )
+            task = remote.options(num_cpus=unit.cpus, num_gpus=unit.gpus, max_retries=0, name=unit.key)
             refs[task.remote(unit.func, unit.config, unit.paths, max(int(unit.cpus), 1))] = unit
         results: dict[str, Any] = {}
         failures: list[str] = []

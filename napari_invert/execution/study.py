@@ -55,8 +55,11 @@ def victim_unit(config: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]
     ).run()
     tag = f":{config['variant']}:fold{config['fold']}:{config['arch']}"
     steps = sorted(k for k in folder.read_manifest().get("steps", {}) if tag in k)
-    return {"key": victim_key(config["variant"], int(config["fold"]), config["arch"]),
-            "seconds": round(time.perf_counter() - t0, 1), "steps": steps}
+    return {
+        "key": victim_key(config["variant"], int(config["fold"]), config["arch"]),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "steps": steps,
+    }
 
 
 def victim_key(variant: str, fold: int, arch: str) -> str:
@@ -98,8 +101,13 @@ def study_units(
                     Unit(
                         key=victim_key(variant, fold, arch),
                         func=VICTIM_FUNC,
-                        config={"study": payload, "variant": variant, "fold": fold, "arch": arch,
-                                "device": device},
+                        config={
+                            "study": payload,
+                            "variant": variant,
+                            "fold": fold,
+                            "arch": arch,
+                            "device": device,
+                        },
                         paths={"out": str(Path(out_dir).resolve())},
                         cpus=ex.cpus_per_task,
                         gpus=ex.gpus_per_task,
@@ -133,14 +141,24 @@ def run_study_units(
 
     def finishing_pass() -> StudyFolder:
         return StudyRunner(
-            config, out_dir, device=device, folds=[], variants=variants,
-            architectures=architectures, progress=False,
+            config,
+            out_dir,
+            device=device,
+            folds=[],
+            variants=variants,
+            architectures=architectures,
+            progress=False,
         ).run()
 
     # Config/splits checks and data preparation, once, before any unit starts.
     StudyRunner(
-        config, out_dir, device=device, folds=[], variants=variants,
-        architectures=architectures, progress=progress,
+        config,
+        out_dir,
+        device=device,
+        folds=[],
+        variants=variants,
+        architectures=architectures,
+        progress=progress,
     ).run()
     units = study_units(
         config, out_dir, device=device, folds=folds, variants=variants, architectures=architectures

@@ -215,6 +215,13 @@ def register_pair_ants(
     if u.shape != (*fixed.shape, 3):
         raise RuntimeError(f"displacement field has shape {u.shape}, expected {(*fixed.shape, 3)}")
     return result_from_displacement(
-        u, affine, mask, sp, preset=pre.name, seed=seed, seconds=seconds, backend="ants",
+        u,
+        affine,
+        mask,
+        sp,
+        preset=pre.name,
+        seed=seed,
+        seconds=seconds,
+        backend="ants",
         keep_displacement=keep_displacement,
     )

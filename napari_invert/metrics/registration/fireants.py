@@ -193,18 +193,31 @@ def register_pair_fireants(
         init = torch.eye(3, 4, dtype=torch.float32)[None]
         init[0, :, 3] = torch.from_numpy(_centre_of_mass(moving, sp) - _centre_of_mass(fixed, sp))
         aff = AffineRegistration(
-            list(pre.aff_scales), list(pre.aff_iterations), fb, mb,
-            loss_type=pre.aff_loss, cc_kernel_size=pre.cc_kernel_size,
-            optimizer="Adam", optimizer_lr=pre.aff_lr, progress_bar=False,
+            list(pre.aff_scales),
+            list(pre.aff_iterations),
+            fb,
+            mb,
+            loss_type=pre.aff_loss,
+            cc_kernel_size=pre.cc_kernel_size,
+            optimizer="Adam",
+            optimizer_lr=pre.aff_lr,
+            progress_bar=False,
             init_rigid=init.to(dev),
         )
         aff.optimize()
         affine_t = aff.get_affine_matrix().detach()
         reg = GreedyRegistration(
-            list(pre.def_scales), list(pre.def_iterations), fb, mb,
-            loss_type="cc", cc_kernel_size=pre.cc_kernel_size, init_affine=affine_t,
-            optimizer="Adam", optimizer_lr=pre.def_lr,
-            smooth_warp_sigma=pre.smooth_warp_sigma, smooth_grad_sigma=pre.smooth_grad_sigma,
+            list(pre.def_scales),
+            list(pre.def_iterations),
+            fb,
+            mb,
+            loss_type="cc",
+            cc_kernel_size=pre.cc_kernel_size,
+            init_affine=affine_t,
+            optimizer="Adam",
+            optimizer_lr=pre.def_lr,
+            smooth_warp_sigma=pre.smooth_warp_sigma,
+            smooth_grad_sigma=pre.smooth_grad_sigma,
             progress_bar=False,
         )
         reg.optimize()
@@ -222,6 +235,13 @@ def register_pair_fireants(
     if u.shape != (*fixed.shape, 3):
         raise RuntimeError(f"FireANTs displacement has shape {u.shape}, expected {(*fixed.shape, 3)}")
     return result_from_displacement(
-        u, affine, mask, sp, preset=pre.name, seed=seed, seconds=seconds, backend="fireants",
+        u,
+        affine,
+        mask,
+        sp,
+        preset=pre.name,
+        seed=seed,
+        seconds=seconds,
+        backend="fireants",
         keep_displacement=keep_displacement,
     )

@@ -97,7 +97,14 @@ def register_pair(
         from napari_invert.metrics.registration.fireants import register_pair_fireants
 
         return register_pair_fireants(
-            fixed, moving, spacing, preset, mask, seed, keep_displacement, device=device  # type: ignore[arg-type]
+            fixed,
+            moving,
+            spacing,
+            preset,
+            mask,
+            seed,
+            keep_displacement,
+            device=device,  # type: ignore[arg-type]
         )
     from napari_invert.metrics.registration.ants import register_pair_ants
 
@@ -197,7 +204,6 @@ def magnitude_cache_path(
         backend,
     )
     return cache_paths(Path(cache_dir), key)[1]
-
 
 
 def deformation_matrix(
@@ -340,9 +346,22 @@ def deformation_matrix(
     if executor is not None and todo:
         assert cache is not None
         units = _block_units(
-            todo, fix, mov, msk, d_fix, d_mov, d_msk, cache,
-            {"spacing": list(sp), "preset": pre_name, "seed": int(seed), "backend": backend,
-             "device": device, "save_magnitude": save_magnitude},
+            todo,
+            fix,
+            mov,
+            msk,
+            d_fix,
+            d_mov,
+            d_msk,
+            cache,
+            {
+                "spacing": list(sp),
+                "preset": pre_name,
+                "seed": int(seed),
+                "backend": backend,
+                "device": device,
+                "save_magnitude": save_magnitude,
+            },
         )
         executor.map(units, progress=progress, desc=f"{backend} ({pre_name}) blocks")
         for pair, key in todo:
@@ -400,8 +419,6 @@ def _as_completed(futures: dict[Future[Any], Any]) -> Iterator[Future[Any]]:
 
     done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
     yield from done
-
-
 
 
 # --------------------------------------------------------------------------------------
@@ -490,7 +507,16 @@ def registration_block_unit(config: dict[str, Any], paths: dict[str, str]) -> di
             "device": config["device"],
         }
         out = _run_task(task)
-        store(json_path, npy_path, item["key"], tuple(item["pair"]), out, pre_doc, sp, int(config["seed"]),
-              config["backend"])
+        store(
+            json_path,
+            npy_path,
+            item["key"],
+            tuple(item["pair"]),
+            out,
+            pre_doc,
+            sp,
+            int(config["seed"]),
+            config["backend"],
+        )
         done += 1
     return {"registered": done}
