@@ -16,8 +16,8 @@ more without ``--backend`` to compute the agreement from the cache).
 Reported (``DIR/agreement.json``): Pearson correlation of the mean displacement over all
 pairs; Spearman correlation over all pairs; per row, the Spearman correlation of the two
 candidate rankings (mean and minimum over rows); each backend's re-identification rank of
-the true original per row and the Spearman correlation of those ranks (undefined when
-both backends put every true original first); seconds per pair of each backend.
+the true original per row and the Spearman correlation of those ranks (undefined, ``null``,
+when a backend gives every row the same rank); seconds per pair of each backend.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
     rows = [float(stats.spearmanr(x, y).statistic) for x, y in zip(a, b)]
     ra, rb = _ranks_of_truth(a), _ranks_of_truth(b)
-    constant = len(set(ra)) == 1 and len(set(rb)) == 1
+    constant = len(set(ra)) == 1 or len(set(rb)) == 1  # Spearman undefined
     return {
         "pairs": int(a.size),
         "pearson_mean_displacement": float(stats.pearsonr(a.ravel(), b.ravel()).statistic),

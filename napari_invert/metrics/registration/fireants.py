@@ -53,6 +53,8 @@ class FireantsPreset:
     cc_kernel_size: int = 5
     smooth_warp_sigma: float = 0.5
     smooth_grad_sigma: float = 1.0
+    #: affine start: translation between the foreground centres of mass
+    init: str = "com_foreground"
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a JSON-ready dict (used in cache keys)."""
@@ -149,13 +151,16 @@ def _image(volume: np.ndarray, spacing: tuple[float, float, float], device: str)
 
 
 def _centre_of_mass(volume: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
-    """Intensity-weighted centre (mm, array axes) of the positive part of ``volume``.
+    """Intensity-weighted centre (mm, array axes) of the bright part of ``volume`` (voxels
+    above a quarter of its 99.5th percentile).
 
     The affine stage starts from the translation between the two centres, as ANTs'
     ``antsRegistration`` does by default: FireANTs' Adam steps on the translation (mm)
     are too small to find a shift of several voxels on a coarse grid by themselves.
     """
-    w = np.clip(volume.astype(np.float64), 0, None)
+    v = volume.astype(np.float64)
+    # Foreground only: noise on a zero background would pull the centre to the grid's centre.
+    w = np.where(v > 0.25 * np.percentile(v, 99.5), v, 0.0)
     total = w.sum()
     if total <= 0:
         return (np.asarray(volume.shape, dtype=np.float64) - 1) / 2 * np.asarray(spacing)
