@@ -8,11 +8,14 @@ The result has the ANTs backend's conventions (:mod:`~napari_invert.metrics.regi
 normalised ``[-1, 1]`` moving coordinates (``T(p) = A p + M g(p)``), so ``u = A^-1 M g``.
 The affine stage starts from the centre-of-mass translation (as ``antsRegistration``).
 
-Presets mirror the ANTs ones in schedule (same shrink factors; ``fast`` stops the
-deformable stage at half resolution like ANTs' ``40x20x0``) and CC window (radius 2 ->
-5 voxels, radius 4 -> 9 voxels). The affine stage uses CC too: FireANTs' MI is slow on a
-CPU and the affine part does not enter ``mean_norm``. Deterministic on the CPU (no
-random sampling; ``seed`` is recorded only).
+Presets mirror the ANTs ones: mutual-information affine (same shrink factors), then
+greedy CC (``fast`` stops the deformable stage at half resolution like ANTs' ``40x20x0``;
+CC window radius 2 -> 5 voxels, radius 4 -> 9 voxels). A CC affine was tried first and
+rejected: on blurred reconstructions it settles on a 4-6 % enlargement (a blurred brain
+looks bigger under local CC), which the greedy stage then has to undo, so the true
+original no longer needs the smallest deformation (BENCHMARKS.md). FireANTs' MI is slow
+on a CPU (minutes per pair at 4 mm on a busy 2-core machine); it is meant for CUDA.
+Deterministic on the CPU (no random sampling; ``seed`` is recorded only).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class FireantsPreset:
     aff_iterations: tuple[int, ...]
     def_scales: tuple[int, ...]
     def_iterations: tuple[int, ...]
-    aff_loss: str = "cc"
+    aff_loss: str = "mi"
     aff_lr: float = 3e-3
     def_lr: float = 0.5
     cc_kernel_size: int = 5
