@@ -121,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             m[i, j] = v
         matrices[backend] = m
     records = [json.loads(f.read_text()) for f in (args.out / "cache").glob("*.json")]
-    per_pair = {b: [r["seconds"] for r in records if r.get("backend", "ants") == b] for b in matrices}
+    from napari_invert.metrics.registration.matrix import _preset_doc
+
+    # seconds of this preset's entries only (the cache may hold other presets' results)
+    per_pair = {
+        b: [r["seconds"] for r in records if r.get("preset") == _preset_doc("fast", b)[1]] for b in matrices
+    }
     doc: dict[str, Any] = {
         "rows": args.rows,
         "candidates": args.candidates,
