@@ -23,7 +23,7 @@ from napari_invert.config import StudyConfig
 from napari_invert.execution.base import Executor, Unit
 from napari_invert.study.layout import StudyFolder
 
-__all__ = ["run_study_units", "study_units", "victim_steps", "victim_unit"]
+__all__ = ["run_study_units", "study_units", "victim_unit"]
 
 VICTIM_FUNC = "napari_invert.execution.study:victim_unit"
 
@@ -65,13 +65,6 @@ def victim_unit(config: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]
 def victim_key(variant: str, fold: int, arch: str) -> str:
     """Unit key of one victim: ``victim:<variant>:fold<k>:<arch>``."""
     return f"victim:{variant}:fold{fold}:{arch}"
-
-
-def victim_steps(config: StudyConfig, variant: str, fold: int, arch: str) -> list[str]:
-    """Manifest keys a finished victim unit has recorded (segmenter + one per tap)."""
-    keys = [f"segmenter:{variant}:fold{fold}:{arch}"]
-    keys += [f"attack:{variant}:fold{fold}:{arch}:{tap}" for tap in config.attack.taps.get(arch, [])]
-    return keys
 
 
 def study_units(
@@ -129,6 +122,9 @@ def run_study_units(
 ) -> StudyFolder:
     """Prepare once, run every victim unit on ``executor``, then finish the study folder.
 
+    Every unit is sent, also on a resume: a unit whose steps the manifest records as
+    finished only reloads the prepared cohort and returns (the runner decides what is
+    done, so controls or steps added to the runner later are never skipped by mistake).
     The finishing pass runs even when a unit fails (it restores ``cohort.json``, which a
     unit restricted to one variant rewrites for that variant only) and records
     ``last_run_seconds``: the driver's wall time of the whole call.
@@ -163,13 +159,6 @@ def run_study_units(
     units = study_units(
         config, out_dir, device=device, folds=folds, variants=variants, architectures=architectures
     )
-    # A resumed study: victims whose every step the manifest records are not sent at all.
-    done = set(StudyFolder(Path(out_dir)).read_manifest().get("steps", {}))
-    units = [
-        u
-        for u in units
-        if not set(victim_steps(config, u.config["variant"], u.config["fold"], u.config["arch"])) <= done
-    ]
     try:
         executor.map(units, progress=progress, desc=f"victims ({executor.name})")
     finally:
