@@ -45,16 +45,9 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def study_jobs(args: argparse.Namespace, config) -> int:
-    """Fold processes of ``napari-invert study``: ``--jobs`` when typed, else the config's ``jobs``.
-
-    ``--variants`` / ``--architectures`` select parts of a fold, so without an explicit
-    ``--jobs`` they run in one process (with ``--jobs N > 1`` they are refused).
-    """
-    if args.jobs is not None:
-        return int(args.jobs)
-    if args.variants or args.architectures:
-        return 1
-    return int(config.jobs)
+    """Processes of ``napari-invert study``: ``--jobs`` when typed, else the config's ``jobs``
+    (``--variants`` / ``--architectures`` select victims, which run in parallel too)."""
+    return int(args.jobs) if args.jobs is not None else int(config.jobs)
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -63,13 +56,21 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     jobs = study_jobs(args, config)
-    if jobs > 1:
+    backend = args.backend or config.execution.backend
+    if jobs > 1 or backend != "local":
         from napari_invert.study.runner import run_study_parallel
 
-        if args.variants or args.architectures:
-            raise ConfigError("--jobs runs whole folds; do not combine it with --variants/--architectures")
         folder = run_study_parallel(
-            config, args.out, jobs, device=args.device, folds=args.folds, progress=not args.no_progress
+            config,
+            args.out,
+            jobs,
+            device=args.device,
+            folds=args.folds,
+            progress=not args.no_progress,
+            backend=backend,
+            address=args.address,
+            variants=args.variants,
+            architectures=args.architectures,
         )
         print(f"study finished: {folder.root}")
         _report_victims(folder.root)
@@ -286,8 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=None,
-        help="run folds in N parallel processes, one torch thread each (CPU: use the number of cores); "
-        "default: 'jobs' of the config",
+        help="run victims in N parallel processes, one torch thread each (default: config jobs)",
+    )
+    study.add_argument(
+        "--backend",
+        default=None,
+        choices=["local", "ray"],
+        help="where victims run: local processes (--jobs) or Ray tasks (default: config execution.backend)",
+    )
+    study.add_argument(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
     )
     study.add_argument("--evaluate", action="store_true", help="evaluate and write the report afterwards")
     add_common(study)

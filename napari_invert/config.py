@@ -208,6 +208,10 @@ class DeformationConfig(_Strict):
         default="first",
         description="register only the first tap listed per architecture (the paper's Table 3) or all",
     )
+    backend: Literal["ants", "fireants"] = Field(
+        default="ants",
+        description="registration engine: ants (CPU) or fireants (PyTorch; CUDA when present, else CPU)",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -368,6 +372,30 @@ class ControlsConfig(_Strict):
     reid_baselines: bool = True
 
 
+class ExecutionConfig(_Strict):
+    """Where the study's independent units (one victim and its attacks each) run.
+
+    ``backend``: ``local`` (``jobs`` processes on this machine) or ``ray`` (Ray tasks on
+    the cluster at ``address``: ``auto``, ``HOST:PORT``, or empty for a local Ray
+    instance; ``pip install 'napari-invert[cluster]'``). ``cpus_per_task``: cores per unit
+    (also its torch threads); ``gpus_per_task``: GPUs per unit, fractions share one GPU
+    (``0.25``: four small 3D trainings per device). Runtime-only: changing it never
+    invalidates a study folder.
+    """
+
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = Field(default=None, description="Ray cluster: auto | HOST:PORT")
+    cpus_per_task: PositiveFloat = 1.0
+    gpus_per_task: float = Field(default=0.0, ge=0)
+
+    @field_validator("gpus_per_task")
+    @classmethod
+    def _gpu_share(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("gpus_per_task must be a fraction of one GPU (0..1) or a whole number")
+        return v
+
+
 class StudyConfig(_Strict):
     """A complete k-fold inversion study (the paper's protocol and its variations)."""
 
@@ -398,6 +426,7 @@ class StudyConfig(_Strict):
     num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
     jobs: int = Field(default=1, ge=1, description="folds run in this many parallel processes")
     defences: list[DefenceConfig] = Field(default_factory=list, description="defended victims to compare")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @property
     def multiple_of(self) -> int:

@@ -238,3 +238,43 @@ def test_plans() -> None:
     assert quick.similarity[0].matrices == ((10, 40),)
     assert {c.shape for c in full.similarity} == {(96, 96, 96), (160, 192, 160)}
     assert full.repeats > quick.repeats and quick.isolate and full.isolate
+
+
+def test_cpu_speed_variants(tiny_run: tuple[dict[str, Any], Path]) -> None:
+    from napari_invert.bench.cases.cpu_speed import VARIANTS
+
+    doc, out = tiny_run
+    entries = doc["cases"]["cpu_speed"]
+    assert {(e["grid"], e["arch"]) for e in entries} == {("tiny", "unet"), ("tiny", "segnet")}
+    for e in entries:
+        assert "error" not in e, e.get("error")
+        # tiny mode: every variant but torch.compile (minutes to compile on a busy machine)
+        assert set(e["variants"]) == {v for v in VARIANTS if "compile" not in v}
+        for name, v in e["variants"].items():
+            assert "error" not in v, (name, v.get("error"))
+            assert _positive(v["seconds_per_step"]) and _positive(v["ratio"])
+        assert e["variants"]["contiguous"]["ratio"] == pytest.approx(1.0)
+        # bf16 autocast changes the logits a little, not wholesale
+        assert 0 < e["variants"]["channels_last_3d+bf16"]["bf16_logits_relative_error"] < 0.1
+    assert "## CPU training step" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_cpu_speed_variants_train_the_same_network() -> None:
+    """Every fp32 variant computes the same first loss: a memory format, fused Adam or the
+    oneDNN switch changes speed, not the result (bf16 only approximately)."""
+    from napari_invert.bench.cases.cpu_speed import _variant_step
+
+    seg = {"base_filters": 4, "levels": 2, "convs_per_level": 1}
+    losses = {
+        v: _variant_step(v, "unet", seg, 3, [16, 16, 16], 2, seed=5)[0]()
+        for v in (
+            "contiguous",
+            "channels_last_3d",
+            "channels_last_3d+fused_adam",
+            "channels_last_3d,no_onednn",
+        )
+    }
+    ref = losses["contiguous"]
+    assert all(v == pytest.approx(ref, rel=1e-5) for v in losses.values()), losses
+    bf16 = _variant_step("channels_last_3d+bf16", "unet", seg, 3, [16, 16, 16], 2, seed=5)[0]()
+    assert bf16 == pytest.approx(ref, rel=0.05)

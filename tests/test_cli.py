@@ -83,30 +83,10 @@ def test_study_uses_jobs_from_config_unless_given(tmp_path):
     assert study_jobs(args, config) == 1
     args = parser.parse_args(["study", str(config_path), "--out", str(tmp_path / "s"), "--jobs", "3"])
     assert study_jobs(args, config) == 3
-    # parts of a fold (--variants/--architectures) run in one process unless --jobs is typed
+    # a selection of victims (--variants/--architectures) runs in the config's processes too
     args = parser.parse_args(
         ["study", str(config_path), "--out", str(tmp_path / "s"), "--variants", "skull_stripped"]
     )
-    assert study_jobs(args, config) == 1
+    assert study_jobs(args, config) == 2
 
 
-def test_study_jobs_with_variants_is_refused_only_when_typed(tmp_path):
-    from pathlib import Path
-
-    from napari_invert.cli import main
-
-    config_path = Path(__file__).resolve().parent.parent / "sample_configs" / "quick_cpu.yaml"
-    code = main(
-        [
-            "study",
-            str(config_path),
-            "--out",
-            str(tmp_path / "s"),
-            "--jobs",
-            "2",
-            "--variants",
-            "skull_stripped",
-        ]
-    )
-    assert code == 2
-    assert not (tmp_path / "s").exists()

@@ -267,6 +267,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
                 f"| {format_seconds(pj['sample']['per_study_s'])} |"
             )
         out.append("")
+    out += _cpu_speed_rows(cases.get("cpu_speed") or [])
     e2e = cases.get("end_to_end") or []
     if e2e:
         out += [
@@ -297,8 +298,38 @@ def render_markdown(doc: dict[str, Any]) -> str:
         ("correlation", "correlation"),
         ("training", "training"),
         ("registration", "registration"),
+        ("cpu_speed", "CPU speed"),
     ):
         notes += _errors(cases.get(key), what)
     if notes:
         out += ["## Notes", "", *[n if n.startswith("- ") else f"- {n}" for n in notes], ""]
     return "\n".join(out)
+
+
+def _cpu_speed_rows(entries: list[dict[str, Any]]) -> list[str]:
+    """The CPU training-step variants table (same-run ratios against ``contiguous``)."""
+    ok = [e for e in entries if not e.get("error") and e.get("variants")]
+    if not ok:
+        return []
+    out = [
+        "## CPU training step: memory format, oneDNN, fused Adam, bf16, torch.compile",
+        "",
+        "Segmenter step (forward, Dice + CE, backward, Adam), one torch thread, variants timed "
+        "round-robin in one run; ratio = `contiguous` seconds / variant seconds (> 1: faster).",
+        "",
+        "| grid | network | variant | s / step | ratio | note |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for e in ok:
+        for name, v in e["variants"].items():
+            note = v.get("error", "")
+            if v.get("bf16_logits_relative_error") is not None:
+                note = f"bf16 logits rel. error {v['bf16_logits_relative_error']:.1e}"
+            if "compile" in name and v.get("warmup_s") is not None:
+                note = f"compile + warm-up {format_seconds(v['warmup_s'])}"
+            out.append(
+                f"| {e['grid']} {_shape(e.get('shape'))} | {e['arch']} | `{name}` "
+                f"| {format_seconds(v.get('seconds_per_step'))} | {_ratio(v.get('ratio'))} | {note} |"
+            )
+    out.append("")
+    return out

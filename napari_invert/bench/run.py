@@ -69,6 +69,10 @@ class Plan:
     reg_repeats: dict[str, int] = field(default_factory=dict)
     reg_warmup: int = 1
     one_thread: bool = True
+    #: CPU training-step variants (``cpu_speed`` section): steps per round, rounds, warm-up
+    cpu_speed_steps: int = 3
+    cpu_speed_rounds: int = 3
+    cpu_speed_warmup: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples as lists)."""
@@ -91,6 +95,9 @@ def plan_for(quick: bool, tiny: bool = False) -> Plan:
             reg_presets=("fast",),
             reg_repeats={"fast": 1},
             reg_warmup=0,
+            cpu_speed_steps=1,
+            cpu_speed_rounds=1,
+            cpu_speed_warmup=1,
         )
     if quick:
         return Plan(
@@ -287,7 +294,7 @@ def run_benchmarks(
     *,
     tiny: bool = False,
     progress: bool = True,
-    sections: tuple[str, ...] = ("similarity", "training", "registration", "end_to_end"),
+    sections: tuple[str, ...] = ("similarity", "training", "registration", "cpu_speed", "end_to_end"),
     plan: Plan | None = None,
 ) -> dict[str, Any]:
     """Run the benchmarks and write ``out_dir/results.json`` and ``out_dir/results.md``.
@@ -310,7 +317,8 @@ def run_benchmarks(
     progress
         Log progress lines on stderr.
     sections
-        Subset of ``similarity``, ``training``, ``registration``, ``end_to_end``.
+        Subset of ``similarity``, ``training``, ``registration``, ``cpu_speed`` (CPU
+        training-step variants as same-run ratios; CPU device only), ``end_to_end``.
     plan
         A custom :class:`Plan` (e.g. ``dataclasses.replace(plan_for(False), similarity=...)``
         to rerun one case); overrides ``quick`` / ``tiny``.
@@ -360,7 +368,7 @@ def run_benchmarks(
         cases["ssim"], cases["correlation"] = [], []
         _similarity(plan, dev, log, notes, cases["ssim"], cases["correlation"], checkpoint)
     grids: list[Any] = []
-    if "training" in sections or "registration" in sections:
+    if "training" in sections or "registration" in sections or "cpu_speed" in sections:
         grids = _grids(plan, studies, log, notes)
         cases["grids"] = [g.to_dict() for g in grids]
     if "training" in sections:
@@ -370,6 +378,18 @@ def run_benchmarks(
         checkpoint()
     if "registration" in sections:
         cases["registration"] = _registration(plan, grids, log)
+        checkpoint()
+    if "cpu_speed" in sections and dev == "cpu":
+        from napari_invert.bench.cases.cpu_speed import bench_cpu_speed
+
+        cases["cpu_speed"] = bench_cpu_speed(
+            grids,
+            plan.cpu_speed_steps,
+            plan.cpu_speed_rounds,
+            plan.cpu_speed_warmup,
+            log,
+            compile_first=plan.mode != "tiny",
+        )
         checkpoint()
     if "end_to_end" in sections:
         cases["end_to_end"] = end_to_end(studies)

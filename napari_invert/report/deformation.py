@@ -129,6 +129,7 @@ def run_deformation(
         "cache_dir": cache_dir,
         "progress": log.enabled,
         "seed": DEFORMATION_SEED,
+        "backend": cfg.backend,
     }
     t0 = time.perf_counter()
     values = deformation_matrix(list(vd.originals), moving, true_pairs, save_magnitude=True, **common)
@@ -139,7 +140,14 @@ def run_deformation(
             matrix[r, c] = v
     for r, t in true_pairs:
         npy = magnitude_cache_path(
-            cache_dir, vd.originals[t], recons[r], spacing, cfg.preset, vd.masks[t], DEFORMATION_SEED
+            cache_dir,
+            vd.originals[t],
+            recons[r],
+            spacing,
+            cfg.preset,
+            vd.masks[t],
+            DEFORMATION_SEED,
+            backend=cfg.backend,
         )
         if npy.is_file():
             target = layout.deformation_map(e.variant, e.arch, e.tap, ev.row_ids[r])

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that may differ between runs of one study folder without invalidating it:
 #: where and how fast it runs, and how it is evaluated afterwards.
-_RUNTIME_KEYS = ("device", "num_threads", "jobs", "evaluation", "name", "defences")
+_RUNTIME_KEYS = ("device", "num_threads", "jobs", "evaluation", "name", "defences", "execution")
 
 
 def _now() -> str:
@@ -530,16 +530,6 @@ def _manifest_lock(folder: StudyFolder) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run_fold_job(
-    config_json: dict, out_dir: str, device: str | None, folds: list[int], progress: bool
-) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    config = StudyConfig.model_validate(config_json)
-    StudyRunner(config, out_dir, device=device, folds=folds, progress=progress).run()
-
-
 def run_study_parallel(
     config: StudyConfig,
     out_dir: str | Path,
@@ -548,26 +538,37 @@ def run_study_parallel(
     device: str | None = None,
     folds: Iterable[int] | None = None,
     progress: bool = True,
+    backend: str | None = None,
+    address: str | None = None,
+    variants: Iterable[str] | None = None,
+    architectures: Iterable[str] | None = None,
+    ray_init: dict[str, Any] | None = None,
 ) -> StudyFolder:
-    """Run the folds in ``jobs`` processes (one torch thread each) sharing one study folder.
+    """Run the study as independent (variant, fold, architecture) units on an executor.
 
-    On a CPU, small 3D convolutions scale better across processes than across threads;
-    each process takes a disjoint set of folds and the manifest is merged under a lock.
-    Data preparation runs once first so the processes only read its cache.
+    ``backend``: ``local`` (``jobs`` spawned processes, one torch thread per unit by
+    default) or ``ray`` (Ray tasks on ``address``; ``ray_init`` goes to ``ray.init``);
+    default ``config.execution``. Data preparation runs once first, so units only read its
+    cache; every unit writes into the shared study folder and merges the manifest under a
+    lock (see :mod:`napari_invert.execution.study`).
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    from napari_invert.execution import make_executor
+    from napari_invert.execution.study import run_study_units
 
-    chosen = sorted(set(folds)) if folds is not None else list(range(config.folds))
-    # Preparation (and config/splits checks) once, in this process, before forking work.
-    StudyRunner(config, out_dir, device=device, folds=[], progress=progress).run()
-    groups = [chosen[i::jobs] for i in range(jobs) if chosen[i::jobs]]
-    payload = config.model_dump(mode="json")
-    with ProcessPoolExecutor(max_workers=len(groups), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_fold_job, payload, str(out_dir), device, g, progress) for g in groups]
-        for future in futures:
-            future.result()
-    return StudyFolder(Path(out_dir))
+    ex = config.execution
+    executor = make_executor(
+        backend or ex.backend, jobs=jobs, address=address or ex.address, init_kwargs=ray_init
+    )
+    return run_study_units(
+        config,
+        out_dir,
+        executor,
+        device=device,
+        folds=folds,
+        variants=variants,
+        architectures=architectures,
+        progress=progress,
+    )
 
 
 def run_study(
