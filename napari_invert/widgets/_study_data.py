@@ -107,14 +107,18 @@ def folds_of(results: StudyResults) -> list[FoldInfo]:
 
 
 def architectures_of(results: StudyResults, config: StudyConfig | None) -> list[str]:
-    """Architectures of the study: from the config, else from the folders on disk."""
-    if config is not None:
-        return list(config.segmenter.architectures)
+    """Architectures of the study: the config's, then every other architecture folder on disk.
+
+    Folders the config does not name still count: the untrained-victim control
+    (``unet@untrained``) and audit folders (``user``, ``user@untrained``) exist only on disk.
+    """
+    listed = list(config.segmenter.architectures) if config is not None else []
     found: set[str] = set()
     for variant in results.variants:
         for fold_dir in (results.root / variant).glob("fold*"):
-            found.update(p.name for p in fold_dir.iterdir() if p.is_dir())
-    return sorted(found)
+            if fold_dir.is_dir():
+                found.update(p.name for p in fold_dir.iterdir() if p.is_dir())
+    return listed + sorted(found - set(listed))
 
 
 def segmenter_available(results: StudyResults, variant: str, fold: int, arch: str) -> bool:
