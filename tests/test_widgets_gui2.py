@@ -9,6 +9,7 @@ convergence records. Run with ``QT_API=pyqt6`` under Xvfb (pytest-xvfb).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 pytest.importorskip("torch")
-import torch._dynamo  # noqa: F401  (loads triton before any OpenGL context; see test_widgets)
+import torch
+import torch._dynamo
 from gui_helpers import make_gui_study
 
 from napari_invert._io import write_json_atomic
+from napari_invert.config import load_config
 from napari_invert.data.nifti import save_nifti
 from napari_invert.study.layout import StudyFolder
 from napari_invert.study.results import StudyResults
@@ -274,3 +277,80 @@ def test_no_warning_when_every_victim_segments(make_napari_viewer, control_study
     assert widget.victim_warning.isHidden()
     _, conv = _section(_tree_rows(widget.tree), "Convergence (2 networks)")
     assert not any("DOES NOT SEGMENT" in d for _, d in conv)
+
+
+# -- issue 12 item 4: the user's own segmenter (audit config) --------------------------------
+def _write_audit_yaml(tmp_path: Path, trained_on: list[str]) -> Path:
+    """A MONAI U-Net (seeded, weights as safetensors) and an audit config naming it."""
+    import yaml
+    from monai.networks.nets import UNet
+    from safetensors.torch import save_file
+
+    args = {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16], "strides": [2, 2]}
+    torch.manual_seed(0)
+    net = UNet(**args)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "unet.safetensors"))
+    config = {
+        "name": "mine",
+        "model": {"kind": "monai", "network": "UNet", "args": args, "weights": "unet.safetensors"},
+        "cohort": {"kind": "demo", "n_subjects": 3},
+        "subjects": {"trained_on": trained_on},
+    }
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_audit_model_taps_and_default_attack_set(tmp_path: Path) -> None:
+    from napari_invert.widgets._audit_source import load_audit_model
+
+    cohort = make_gui_study(tmp_path / "cohort")  # its cohort.json lists S01..S03
+    model = load_audit_model(_write_audit_yaml(tmp_path, ["S01"]), cohort)
+    entries = [e for e, _ in model.choices]
+    roles = model.discovery.roles
+    assert entries[:2] == ["bottleneck+skips", "bottleneck"]
+    assert dict(model.choices)["bottleneck"] == f"role: {roles['bottleneck']}"
+    assert set(model.discovery.layer_names) <= set(entries)  # every layer is offered too
+    assert model.trained_on == ["S01"] and model.attack == ["S02", "S03"]
+    out = model.adapter.forward(torch.zeros(1, 1, 16, 16, 16))
+    assert tuple(out.shape) == (1, 3, 16, 16, 16)
+
+    no_cohort = load_audit_model(tmp_path / "audit.yaml")
+    assert no_cohort.attack is None and "cohort" in no_cohort.attack_note
+
+
+@needs_display
+def test_study_widget_discovers_taps_of_an_audit_config(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    from napari_invert.widgets._study_widget import StudyWidget
+
+    cohort = make_gui_study(tmp_path / "cohort")
+    widget = StudyWidget(make_napari_viewer())
+    box = widget.audit_box
+    widget.cohort_dir.value = cohort
+    box.config_file.value = _write_audit_yaml(tmp_path, ["S02"])
+    box.discover_button.click()
+    qtbot.waitUntil(lambda: not box.busy, timeout=60_000)
+    assert box.model is not None, box.info.text()
+    assert box.tap_choice.isEnabled() and box.tap == "bottleneck+skips"
+    assert box.tap_choice.count() == len(box.model.choices)
+    assert "Attack set (2 of 3 cohort subjects, none in trained_on): S01, S03" in box.info.text()
+
+    (tmp_path / "bad.yaml").write_text("name: x\n")  # no model: block -> said, not raised
+    box.config_file.value = tmp_path / "bad.yaml"
+    box.discover_button.click()
+    qtbot.waitUntil(lambda: not box.busy, timeout=60_000)
+    assert box.model is None and "needs a 'model:' block" in box.info.text()
+
+
+def test_architectures_of_an_audit_folder_come_from_disk(tmp_path: Path) -> None:
+    from napari_invert.widgets._study_data import architectures_of
+
+    root = make_gui_study(tmp_path / "audit")  # config.yaml lists segnet and unet
+    results = StudyResults(root)
+    config = load_config(StudyFolder(root).config_path)
+    assert architectures_of(results, config) == list(config.segmenter.architectures)
+    for fold in (0, 1):
+        shutil.rmtree(root / VARIANT / f"fold{fold}" / "segnet")
+        for arch in ("user", "user@untrained"):
+            (root / VARIANT / f"fold{fold}" / arch).mkdir()
+    assert architectures_of(results, config) == ["unet", "user", "user@untrained"]

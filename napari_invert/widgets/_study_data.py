@@ -107,10 +107,11 @@ def folds_of(results: StudyResults) -> list[FoldInfo]:
 
 
 def architectures_of(results: StudyResults, config: StudyConfig | None) -> list[str]:
-    """Architectures of the study: the config's, then every other architecture folder on disk.
+    """Architectures of the study as on disk (the config's order first), else the config's.
 
-    Folders the config does not name still count: the untrained-victim control
-    (``unet@untrained``) and audit folders (``user``, ``user@untrained``) exist only on disk.
+    Folders on disk are the truth: the untrained-victim control (``unet@untrained``) and an
+    audit folder's ``user`` / ``user@untrained`` are not in ``config.yaml`` (an audit's
+    config lists the default architectures, which it never trained).
     """
     listed = list(config.segmenter.architectures) if config is not None else []
     found: set[str] = set()
@@ -118,7 +119,9 @@ def architectures_of(results: StudyResults, config: StudyConfig | None) -> list[
         for fold_dir in (results.root / variant).glob("fold*"):
             if fold_dir.is_dir():
                 found.update(p.name for p in fold_dir.iterdir() if p.is_dir())
-    return listed + sorted(found - set(listed))
+    if not found:
+        return listed
+    return [a for a in listed if a in found] + sorted(found - set(listed))
 
 
 def segmenter_available(results: StudyResults, variant: str, fold: int, arch: str) -> bool:

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 from napari_invert.config import StudyConfig
 from napari_invert.errors import NapariInvertError
 from napari_invert.study.results import StudyResults, count_similarity_matrices
+from napari_invert.widgets._audit_box import AuditModelBox
 from napari_invert.widgets._overlays import deformation_on_demand
 from napari_invert.widgets._state import CohortSession, open_study, session_for
 from napari_invert.widgets._study_data import (
@@ -123,6 +124,8 @@ class StudyWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.tree, stretch=1)
         layout.addWidget(cohort_box)
+        self.audit_box = AuditModelBox(lambda: self.cohort_dir.value)
+        layout.addWidget(self.audit_box)
 
         self._session.study_changed.connect(self._on_study_changed)
         if self._session.study is not None:
