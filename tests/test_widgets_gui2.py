@@ -354,3 +354,25 @@ def test_architectures_of_an_audit_folder_come_from_disk(tmp_path: Path) -> None
         for arch in ("user", "user@untrained"):
             (root / VARIANT / f"fold{fold}" / arch).mkdir()
     assert architectures_of(results, config) == ["unet", "user", "user@untrained"]
+
+
+@needs_display
+def test_compare_widget_titles_scores_with_threat_model_and_names_the_control(
+    make_napari_viewer, qtbot, control_study: Path
+) -> None:
+    from napari_invert.widgets._compare_widget import CompareWidget
+
+    viewer = make_napari_viewer()
+    compare = CompareWidget(viewer)
+    viewer.window.add_dock_widget(compare, name="Compare")
+    assert compare.open(control_study) is not None
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view is not None, timeout=60_000)
+    assert "untrained" in {e.arch.partition("@")[2] for e in compare.selected_experiments()}
+    assert "— feature inversion: metrics" in compare.metrics_title.text()
+    table = compare.metrics_table
+    headers = [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())]
+    assert sum("untrained victim (control)" in h for h in headers) == 1, headers
+    assert not any("@untrained" in h for h in headers)
+    names = [layer.name for layer in viewer.layers]
+    assert sum("untrained victim (control)" in n for n in names) == 1, names
+    assert not any("@untrained" in n for n in names)
