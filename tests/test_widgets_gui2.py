@@ -321,6 +321,7 @@ def test_audit_model_taps_and_default_attack_set(tmp_path: Path) -> None:
 
 @needs_display
 def test_study_widget_discovers_taps_of_an_audit_config(make_napari_viewer, qtbot, tmp_path: Path) -> None:
+    from napari_invert.widgets._state import session_for
     from napari_invert.widgets._study_widget import StudyWidget
 
     cohort = make_gui_study(tmp_path / "cohort")
@@ -334,12 +335,17 @@ def test_study_widget_discovers_taps_of_an_audit_config(make_napari_viewer, qtbo
     assert box.tap_choice.isEnabled() and box.tap == "bottleneck+skips"
     assert box.tap_choice.count() == len(box.model.choices)
     assert "Attack set (2 of 3 cohort subjects, none in trained_on): S01, S03" in box.info.text()
+    session = session_for(widget._viewer)  # published for the Attack side, with the chosen tap
+    assert session.audit_model is box.model and session.audit_tap == "bottleneck+skips"
+    box.tap_choice.setCurrentIndex(1)
+    assert session.audit_tap == "bottleneck"
 
     (tmp_path / "bad.yaml").write_text("name: x\n")  # no model: block -> said, not raised
     box.config_file.value = tmp_path / "bad.yaml"
     box.discover_button.click()
     qtbot.waitUntil(lambda: not box.busy, timeout=60_000)
     assert box.model is None and "needs a 'model:' block" in box.info.text()
+    assert session.audit_model is None
 
 
 def test_architectures_of_an_audit_folder_come_from_disk(tmp_path: Path) -> None:

@@ -22,9 +22,12 @@ from napari_invert.widgets._workers import describe_error, guard_slot, start_wor
 class AuditModelBox(QGroupBox):
     """Audit config YAML -> model adapter, tap chooser and default attack subjects."""
 
-    def __init__(self, cohort_dir: Callable[[], Any]) -> None:
+    def __init__(
+        self, cohort_dir: Callable[[], Any], publish: Callable[[AuditModel | None, str | None], None]
+    ) -> None:
         super().__init__("…or your own segmenter (audit config with a 'model:' block)")
         self._cohort_dir = cohort_dir
+        self._publish = publish
         self.model: AuditModel | None = None
         self._worker: Any = None
         self.config_file = FileEdit(mode="r", filter="*.yaml *.yml", label="Audit config")
@@ -32,6 +35,7 @@ class AuditModelBox(QGroupBox):
         self.discover_button.clicked.connect(guard_slot(self.discover, "discovering the taps"))
         self.tap_choice = QComboBox()
         self.tap_choice.setEnabled(False)
+        self.tap_choice.currentIndexChanged.connect(guard_slot(self._on_tap_chosen, "choosing the tap"))
         self.info = QLabel("Choose an audit config (or a model file with 'kind:').")
         self.info.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -88,14 +92,20 @@ class AuditModelBox(QGroupBox):
                 f"{', '.join(sorted(model.discovery.roles))}. Trained on: {trained}. "
                 f"Attack set ({model.attack_note}): {attack}"
             )
+            self._publish(model, self.tap)
             show_info(f"napari-invert: {model.source.name}: taps discovered")
         except Exception as exc:
             self.info.setText(f"Could not show the taps: {describe_error(exc)}")
+
+    def _on_tap_chosen(self) -> None:
+        if self.model is not None:
+            self._publish(self.model, self.tap)
 
     def _on_failed(self, exc: BaseException) -> None:
         self.model = None
         self.tap_choice.clear()
         self.tap_choice.setEnabled(False)
+        self._publish(None, None)
         self.info.setText(f"Could not load the model: {describe_error(exc)}")
 
     def _on_finished(self) -> None:

@@ -124,7 +124,7 @@ class StudyWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.tree, stretch=1)
         layout.addWidget(cohort_box)
-        self.audit_box = AuditModelBox(lambda: self.cohort_dir.value)
+        self.audit_box = AuditModelBox(lambda: self.cohort_dir.value, self._session.set_audit_model)
         layout.addWidget(self.audit_box)
 
         self._session.study_changed.connect(self._on_study_changed)
