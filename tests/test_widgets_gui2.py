@@ -347,6 +347,22 @@ def test_study_widget_discovers_taps_of_an_audit_config(make_napari_viewer, qtbo
     assert box.model is None and "needs a 'model:' block" in box.info.text()
     assert session.audit_model is None
 
+    # a model file alone, with its kind (no YAML): a TorchScript export of a U-Net
+    from monai.networks.nets import UNet
+
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=[4, 8, 16], strides=[2, 2]).eval()
+    torch.jit.trace(net, torch.zeros(1, 1, 16, 16, 16)).save(str(tmp_path / "model.ts"))
+    box.source_kind.setCurrentIndex(box.source_kind.findData("torchscript"))
+    box.config_file.value = tmp_path / "model.ts"
+    box.discover_button.click()
+    qtbot.waitUntil(lambda: not box.busy, timeout=60_000)
+    assert box.model is not None, box.info.text()
+    assert box.model.adapter.discovery.roles.keys() >= {"bottleneck", "level0"}
+    assert box.tap == "bottleneck+skips" and session.audit_model is box.model
+    assert box.model.attack is None  # no subjects block: the attack set is not resolved
+    box.source_kind.setCurrentIndex(box.source_kind.findData("bundle"))
+    assert box.config_file.mode.value == "d"
+
 
 def test_architectures_of_an_audit_folder_come_from_disk(tmp_path: Path) -> None:
     from napari_invert.widgets._study_data import architectures_of

@@ -15,8 +15,10 @@ from magicgui.widgets import FileEdit
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QPushButton, QVBoxLayout
 
-from napari_invert.widgets._audit_source import AuditModel, load_audit_model
+from napari_invert.widgets._audit_source import FILE_KINDS, FOLDER_KINDS, AuditModel, load_audit_model
 from napari_invert.widgets._workers import describe_error, guard_slot, start_worker
+
+AUDIT_YAML = "audit config / model YAML"
 
 
 class AuditModelBox(QGroupBox):
@@ -30,7 +32,12 @@ class AuditModelBox(QGroupBox):
         self._publish = publish
         self.model: AuditModel | None = None
         self._worker: Any = None
-        self.config_file = FileEdit(mode="r", filter="*.yaml *.yml", label="Audit config")
+        self.source_kind = QComboBox()
+        self.source_kind.addItem(AUDIT_YAML, None)
+        for text, kind in FILE_KINDS.items():
+            self.source_kind.addItem(text, kind)
+        self.source_kind.currentIndexChanged.connect(guard_slot(self._on_kind_chosen, "choosing the source"))
+        self.config_file = FileEdit(mode="r", label="Audit config")
         self.discover_button = QPushButton("Discover taps")
         self.discover_button.clicked.connect(guard_slot(self.discover, "discovering the taps"))
         self.tap_choice = QComboBox()
@@ -39,6 +46,7 @@ class AuditModelBox(QGroupBox):
         self.info = QLabel("Choose an audit config (or a model file with 'kind:').")
         self.info.setWordWrap(True)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.source_kind)
         layout.addWidget(self.config_file.native)
         layout.addWidget(self.discover_button)
         layout.addWidget(QLabel("Tap (role or layer)"))
@@ -71,6 +79,7 @@ class AuditModelBox(QGroupBox):
             load_audit_model,
             text,
             None if cohort_text in ("", ".") else cohort_text,
+            self.source_kind.currentData(),
             on_returned=self._on_loaded,
             on_errored=self._on_failed,
             on_finished=self._on_finished,
@@ -96,6 +105,10 @@ class AuditModelBox(QGroupBox):
             show_info(f"napari-invert: {model.source.name}: taps discovered")
         except Exception as exc:
             self.info.setText(f"Could not show the taps: {describe_error(exc)}")
+
+    def _on_kind_chosen(self) -> None:
+        """A bundle or nnU-Net source is a folder; a YAML or TorchScript source is a file."""
+        self.config_file.mode = "d" if self.source_kind.currentData() in FOLDER_KINDS else "r"
 
     def _on_tap_chosen(self) -> None:
         if self.model is not None:

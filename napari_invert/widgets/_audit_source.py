@@ -111,15 +111,35 @@ def default_attack(
     return roles.trained_on, roles.attack, note
 
 
-def load_audit_model(yaml_path: str | Path, cohort_dir: str | Path | None = None) -> AuditModel:
+#: Model sources given by a file or folder alone (no YAML): chooser text -> ``model.kind``.
+FILE_KINDS = {
+    "TorchScript file (.pt/.ts)": "torchscript",
+    "MONAI bundle folder": "bundle",
+    "nnU-Net v2 trained-model folder": "nnunet",
+}
+FOLDER_KINDS = ("bundle", "nnunet")
+
+
+def load_audit_model(
+    yaml_path: str | Path, cohort_dir: str | Path | None = None, kind: str | None = None
+) -> AuditModel:
     """Build the adapter of ``yaml_path``'s ``model:`` block and discover its taps.
 
-    Slow (loads the network and runs one dummy forward pass): call it in a thread worker.
+    ``kind`` (``torchscript`` / ``bundle`` / ``nnunet``): ``yaml_path`` is the model file or
+    folder itself (no subjects block: the attack set is not resolved). Slow (loads the
+    network and runs one dummy forward pass): call it in a thread worker.
     """
     from napari_invert.models.sources import discover_taps, model_adapter_from_dict
 
     path = Path(yaml_path).expanduser()
-    data = read_yaml(path)
+    if kind is None:
+        data = read_yaml(path)
+    elif kind in FILE_KINDS.values():
+        if not path.exists():
+            raise DataError(path, "not found")
+        data = {"model": {"kind": kind, "path": str(path.resolve())}}
+    else:
+        raise ConfigError(f"model.kind: choose one of {', '.join(FILE_KINDS.values())} (got {kind!r})")
     base = path.parent.resolve()
     adapter = model_adapter_from_dict(data, base=base)
     discovery = discover_taps(adapter)
