@@ -237,7 +237,7 @@ def test_plugin_widgets_share_the_study(make_napari_viewer, study_dir: Path) -> 
     assert compare.study is results and attack._study is results
     tops = [study.tree.topLevelItem(i).text(0) for i in range(study.tree.topLevelItemCount())]
     assert {"Subjects (3)", "Folds (2)", "Architectures (2)", "Variants (1)"} <= set(tops)
-    assert "Reconstructions (2 experiments)" in tops
+    assert "Reconstructions — feature inversion (2 experiments)" in tops
 
 
 

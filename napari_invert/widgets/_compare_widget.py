@@ -55,11 +55,18 @@ from napari_invert.widgets._overlays import (
     scale_text,
 )
 from napari_invert.widgets._plugin_results import all_experiments
-from napari_invert.widgets._scores import ScoreColumn, fill_table, needs_scores, subject_columns, table_text
+from napari_invert.widgets._scores import (
+    fill_table,
+    needs_scores,
+    pair_column,
+    pair_title,
+    subject_columns,
+    table_text,
+    title_for,
+)
 from napari_invert.widgets._state import PairRequest, open_study, session_for
 from napari_invert.widgets._study_data import (
     MetricsTable,
-    MetricValue,
     deformation_status,
     folds_of,
     read_metrics,
@@ -608,12 +615,9 @@ class CompareWidget(QWidget):
             return
         if self._pair is not None:
             p = self._pair
-            self.metrics_title.setText(f"Reconstruction of {p.recon_subject} vs original of {p.candidate}")
-            values = {k: MetricValue(v) for k, v in p.values.items()}
-            columns = [ScoreColumn(p.experiment.label, "similarity matrix", values)]
+            self.metrics_title.setText(pair_title(p.recon_subject, p.candidate))
+            columns = [pair_column(p.experiment, p.values)]
         else:
-            from napari_invert.widgets._scores import title_for
-
             columns = subject_columns(view, self._table)
             self.metrics_title.setText(title_for(view.ref_subject, columns))
         fill_table(self.metrics_table, columns)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_invert.study.results import Experiment
+from napari_invert.threat_models import ArchKey
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 
@@ -76,11 +77,15 @@ def experiment_title(experiment: Experiment, subject: str | None = None) -> str:
     A plugin-trained decoder's cell says so (``U-Net bn+skips · plugin``); ``subject``
     (the reconstructed subject, when it differs from the grid's original) is prefixed.
     """
-    arch = ARCH_NAMES.get(experiment.arch, experiment.arch)
+    key = ArchKey.parse(experiment.arch)
+    name = key.arch if key.is_control else experiment.arch
+    arch = ARCH_NAMES.get(name, name)
     if getattr(experiment, "study_experiment", None) is not None:
         title = f"{arch} {short_tap(experiment.tap)} · plugin"
     else:
         title = f"{arch} {experiment.tap}"
+    if key.is_control:  # the untrained-victim control is named, never "unet@untrained"
+        title += " · untrained victim (control)"
     if len(title) > MAX_NAME:
         title = title.replace(experiment.tap, short_tap(experiment.tap))
     return f"{subject} · {title}" if subject else title

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
+from napari_invert.threat_models import FEATURE_INVERSION, ArchKey
 from napari_invert.widgets._core_api import SubjectView
 from napari_invert.widgets._grid import short_labels
 from napari_invert.widgets._plugin_results import is_plugin
 from napari_invert.widgets._study_data import MetricsTable, MetricValue, sort_metrics
 
 ON_DEMAND = "computed on demand"
+CONTROL_LABEL = "untrained victim (control)"
 STORED = "evaluation/metrics.csv"
 
 
@@ -29,6 +31,7 @@ class ScoreColumn:
     label: str
     source: str
     values: dict[str, MetricValue]
+    control: bool = False  # the untrained-victim control (``<arch>@untrained``)
 
 
 def needs_scores(view_cells: Sequence[object], table: MetricsTable | None) -> list[bool]:
@@ -40,13 +43,14 @@ def subject_columns(view: SubjectView, table: MetricsTable | None) -> list[Score
     """The columns of the subject view: stored scores where they describe the cell."""
     columns = []
     for i, cell in enumerate(view.cells):
+        control = ArchKey.parse(cell.experiment.arch).is_control
         if table is not None and not is_plugin(cell.experiment):
             values = table.lookup(view.ref_subject, cell.experiment)
-            columns.append(ScoreColumn(cell.experiment.label, STORED, values))
+            columns.append(ScoreColumn(cell.experiment.label, STORED, values, control))
         else:
             scores = view.scores[i] if i < len(view.scores) else {}
             values = {k: MetricValue(v) for k, v in scores.items()}
-            columns.append(ScoreColumn(cell.experiment.label, ON_DEMAND, values))
+            columns.append(ScoreColumn(cell.experiment.label, ON_DEMAND, values, control))
     return columns
 
 
@@ -65,7 +69,7 @@ def title_for(subject: str, columns: Sequence[ScoreColumn]) -> str:
         sources = "; ".join(
             f"{phrase(s)} for {', '.join(short_labels(labels))}" for s, labels in groups.items()
         )
-    text = f"{subject}: metrics {sources}"
+    text = f"{subject} — {FEATURE_INVERSION}: metrics {sources}"
     if any(c.source == STORED for c in columns):
         text += " (#n: re-identification rank)"
     return text
@@ -82,8 +86,11 @@ def fill_table(table: QTableWidget, columns: Sequence[ScoreColumn]) -> None:
     for col, (column, name) in enumerate(zip(columns, short)):
         if is_plugin_label(column.label) and "plugin" not in name:
             name += " (plugin)"
+        if column.control:
+            name = f"{name.replace('@untrained', '')} — {CONTROL_LABEL}"
         header = QTableWidgetItem(name)
-        header.setToolTip(f"{column.label}: {column.source}")
+        role = f"{CONTROL_LABEL}, " if column.control else ""
+        header.setToolTip(f"{column.label} ({role}{FEATURE_INVERSION}): {column.source}")
         header.setData(Qt.UserRole, column.label)
         table.setHorizontalHeaderItem(col, header)
         for row, metric in enumerate(metrics):
@@ -107,3 +114,15 @@ def table_text(table: QTableWidget) -> dict[str, dict[str, str]]:
             table.verticalHeaderItem(r).text(): table.item(r, c).text() for r in range(table.rowCount())
         }
     return out
+
+
+def pair_title(recon_subject: str, candidate: str) -> str:
+    """Title of a similarity-matrix pair's scores (feature inversion)."""
+    return f"Reconstruction of {recon_subject} vs original of {candidate} — {FEATURE_INVERSION}"
+
+
+def pair_column(experiment: object, values: dict[str, float]) -> ScoreColumn:
+    """The one column of a similarity-matrix pair (its scores come from the stored matrix)."""
+    control = ArchKey.parse(experiment.arch).is_control  # type: ignore[attr-defined]
+    scored = {k: MetricValue(v) for k, v in values.items()}
+    return ScoreColumn(experiment.label, "similarity matrix", scored, control)  # type: ignore[attr-defined]

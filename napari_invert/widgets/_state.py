@@ -62,11 +62,14 @@ class SessionState:
     subject_shown = Signal(object)  # subject id (str) or None (Compare -> matrix dock)
     variant_shown = Signal(str)  # variant shown by Compare (-> matrix dock)
     plugin_results_changed = Signal(object)  # Experiment made in the plugin (Attack -> Compare)
+    audit_model_changed = Signal(object)  # _audit_source.AuditModel | None (Study -> Attack)
 
     def __init__(self) -> None:
         self.study: StudyResults | None = None
         self.config: StudyConfig | None = None
         self.cohort: CohortSession | None = None
+        self.audit_model: Any = None  # the user's own segmenter + chosen tap (Study widget)
+        self.audit_tap: str | None = None
         self.subject: str | None = None
         self.variant: str | None = None
         self.compare_docked = False  # a Compare widget listens (set by Compare itself)
@@ -95,6 +98,13 @@ class SessionState:
     def set_cohort(self, cohort: CohortSession | None) -> None:
         self.cohort = cohort
         self.cohort_changed.emit(cohort)
+
+    def set_audit_model(self, model: Any, tap: str | None = None) -> None:
+        """Publish the user's own segmenter (an ``AuditModel``: adapter, discovered taps,
+        default attack subjects) and the chosen tap entry."""
+        self.audit_model = model
+        self.audit_tap = tap
+        self.audit_model_changed.emit(model)
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, SessionState] = weakref.WeakKeyDictionary()

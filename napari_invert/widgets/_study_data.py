@@ -107,14 +107,21 @@ def folds_of(results: StudyResults) -> list[FoldInfo]:
 
 
 def architectures_of(results: StudyResults, config: StudyConfig | None) -> list[str]:
-    """Architectures of the study: from the config, else from the folders on disk."""
-    if config is not None:
-        return list(config.segmenter.architectures)
+    """Architectures of the study as on disk (the config's order first), else the config's.
+
+    Folders on disk are the truth: the untrained-victim control (``unet@untrained``) and an
+    audit folder's ``user`` / ``user@untrained`` are not in ``config.yaml`` (an audit's
+    config lists the default architectures, which it never trained).
+    """
+    listed = list(config.segmenter.architectures) if config is not None else []
     found: set[str] = set()
     for variant in results.variants:
         for fold_dir in (results.root / variant).glob("fold*"):
-            found.update(p.name for p in fold_dir.iterdir() if p.is_dir())
-    return sorted(found)
+            if fold_dir.is_dir():
+                found.update(p.name for p in fold_dir.iterdir() if p.is_dir())
+    if not found:
+        return listed
+    return [a for a in listed if a in found] + sorted(found - set(listed))
 
 
 def segmenter_available(results: StudyResults, variant: str, fold: int, arch: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import FileEdit
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QFrame,
@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
 from napari_invert.config import StudyConfig
 from napari_invert.errors import NapariInvertError
 from napari_invert.study.results import StudyResults, count_similarity_matrices
+from napari_invert.widgets._audit_box import AuditModelBox
 from napari_invert.widgets._overlays import deformation_on_demand
 from napari_invert.widgets._state import CohortSession, open_study, session_for
 from napari_invert.widgets._study_data import (
@@ -36,6 +37,12 @@ from napari_invert.widgets._study_data import (
     folds_of,
     read_metrics,
     segmenter_available,
+)
+from napari_invert.widgets._study_summary import (
+    THREAT_HEADINGS,
+    arch_label,
+    threat_sections,
+    victim_warning_text,
 )
 from napari_invert.widgets._workers import describe_error, guard_slot
 
@@ -83,6 +90,13 @@ class StudyWidget(QWidget):
         self.open_button = QPushButton("Open study")
         self.open_button.clicked.connect(guard_slot(self._on_open_clicked, "opening the study"))
         self.status = QLabel("No study opened.")
+        self.victim_warning = QLabel()
+        self.victim_warning.setWordWrap(True)
+        self.victim_warning.setStyleSheet(
+            "QLabel { background: #b00020; color: white; font-weight: bold; padding: 6px; }"
+        )
+        self.victim_warning.setVisible(False)
+        self._warned: set[str] = set()
         self.status.setWordWrap(True)
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Study", "Details"])
@@ -105,10 +119,13 @@ class StudyWidget(QWidget):
         cohort_layout.addWidget(self.use_cohort_button)
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self.victim_warning)
         layout.addWidget(study_box)
         layout.addWidget(self.status)
         layout.addWidget(self.tree, stretch=1)
         layout.addWidget(cohort_box)
+        self.audit_box = AuditModelBox(lambda: self.cohort_dir.value, self._session.set_audit_model)
+        layout.addWidget(self.audit_box)
 
         self._session.study_changed.connect(self._on_study_changed)
         if self._session.study is not None:
@@ -185,9 +202,20 @@ class StudyWidget(QWidget):
         except Exception as exc:  # a half-broken study still opens; say what is wrong
             self.status.setText(f"Study opened, but its summary failed: {describe_error(exc)}")
 
+    def _show_victim_warning(self, study: StudyResults | None) -> None:
+        """The banner at the top of the dock (+ one napari warning per study) when victims
+        do not segment; hidden otherwise."""
+        text = victim_warning_text(study)
+        self.victim_warning.setText(text)
+        self.victim_warning.setVisible(bool(text))
+        if text and study is not None and str(study.root) not in self._warned:
+            self._warned.add(str(study.root))
+            show_warning(f"napari-invert: {text}")
+
     # -- summary tree ----------------------------------------------------------------------
     def _fill_tree(self, study: StudyResults | None, config: StudyConfig | None) -> None:
         self.tree.clear()
+        self._show_victim_warning(study)
         if study is None:
             self.status.setText("No study opened.")
             return
@@ -223,12 +251,13 @@ class StudyWidget(QWidget):
         for arch in archs:
             for variant in study.variants:
                 n = sum(segmenter_available(study, variant, f.fold, arch) for f in folds)
-                add(arch_root, f"{arch} ({variant})", f"trained segmenter in {n}/{len(folds)} folds")
+                kind = "segmenter" if "@" in arch else "trained segmenter"
+                add(arch_root, f"{arch_label(arch)} ({variant})", f"{kind} in {n}/{len(folds)} folds")
         experiments = study.experiments()
-        exp_root = add(self.tree, f"Reconstructions ({len(experiments)} experiments)")
+        exp_root = add(self.tree, f"{THREAT_HEADINGS['reconstructions']} ({len(experiments)} experiments)")
         for exp in experiments:
             n = sum(study.has_recon(exp, s) for s in ids if s in fold_of)
-            add(exp_root, exp.label, f"{n}/{len(ids)} subjects")
+            add(exp_root, f"{arch_label(exp.arch)} {exp.tap} ({exp.variant})", f"{n}/{len(ids)} subjects")
         evaluation = add(self.tree, "Evaluation")
         try:
             table = read_metrics(study.folder)
@@ -243,6 +272,12 @@ class StudyWidget(QWidget):
         stored = ok and "found" in reason
         text = "stored" if stored else ("on demand (ANTs)" if on_demand else "not available")
         add(evaluation, "deformation", text).setToolTip(1, reason if ok else why_not)
+        expand = {1, 4}
+        for heading, detail, rows in threat_sections(study, archs):
+            expand.add(self.tree.topLevelItemCount())
+            section = add(self.tree, heading, detail)
+            for text, row_detail in rows:
+                add(section, text, row_detail).setToolTip(1, row_detail)
         for i in range(self.tree.topLevelItemCount()):
-            self.tree.topLevelItem(i).setExpanded(i in (1, 4))
+            self.tree.topLevelItem(i).setExpanded(i in expand)
         self.tree.resizeColumnToContents(0)
