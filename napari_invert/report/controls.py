@@ -32,6 +32,7 @@ import numpy as np
 
 from napari_invert._io import write_json_atomic, write_text_atomic
 from napari_invert.identify.baselines import common_mask, mask_shape_similarity
+from napari_invert.identify.intervals import difference_interval
 from napari_invert.identify.paired import paired_difference_interval
 from napari_invert.identify.reid import rank_true
 from napari_invert.study.results import StudyResults
@@ -242,14 +243,33 @@ def evaluate_controls(
                 "chance_top1": len(member_rows) / len(ids) if member_rows else None,
             }
             pairs = _pairs(by_role)
-            if pairs:
+            members, nonmembers = by_role.get("member", []), by_role.get("nonmember", [])
+            if pairs:  # each subject as member and as non-member: paired by subject
                 a = np.array([m.score for m, _ in pairs])
                 b = np.array([n.score for _, n in pairs])
                 diff = paired_difference_interval(a, b).to_dict()
                 top = paired_difference_interval(
                     [float(m.rank == 1) for m, _ in pairs], [float(n.rank == 1) for _, n in pairs]
                 ).to_dict()
-                summary.member_minus_nonmember = {"n_pairs": len(pairs), "score": diff, "top1_rate": top}
+                summary.member_minus_nonmember = {
+                    "paired": True,
+                    "n_pairs": len(pairs),
+                    "score": diff,
+                    "top1_rate": top,
+                }
+            elif len(members) > 1 and len(nonmembers) > 1:  # e.g. one fold run: different subjects
+                diff = difference_interval(
+                    [m.score for m in members], [n.score for n in nonmembers]
+                ).to_dict()
+                top = difference_interval(
+                    [float(m.rank == 1) for m in members], [float(n.rank == 1) for n in nonmembers]
+                ).to_dict()
+                summary.member_minus_nonmember = {
+                    "paired": False,
+                    "n_pairs": 0,
+                    "score": diff,
+                    "top1_rate": top,
+                }
             summaries.append(summary)
             say(f"controls: {summary.label}: {_group_text(summary.members)}")
     _attach_untrained(summaries)
@@ -327,8 +347,10 @@ def control_verdicts(summaries: list[ControlSummary]) -> list[str]:
         m, n = s.members, s.nonmembers
         if m.get("n") and n.get("n") and s.member_minus_nonmember:
             d = s.member_minus_nonmember["score"]
+            how = "paired by subject" if s.member_minus_nonmember.get("paired") else "different subjects"
             out.append(
                 f"{head}: members top-1 {m['top1']}/{m['n']}, non-members (held out) {n['top1']}/{n['n']}; "
+                f"({how}) "
                 f"member - non-member {s.metric} {d['difference']:+.3f} "
                 f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], p = {d['p_value']:.2g} "
                 + (
@@ -339,23 +361,26 @@ def control_verdicts(summaries: list[ControlSummary]) -> list[str]:
             )
         u = s.untrained_over_trained
         if u:
-            out.append(
-                f"{head}: the untrained victim still re-identifies {u['top1_untrained']} "
-                f"(trained {u['top1_trained']}) with mean {s.metric} {u['score_untrained']:.3f} "
-                f"(trained {u['score_trained']:.3f}): "
-                + (
+            if u["top1_trained"] == 0 and u["top1_untrained"] == 0:
+                meaning = "neither re-identifies anyone."
+            elif u["top1_untrained"] >= 0.5 * u["top1_trained"]:
+                meaning = (
                     "most of this leak needs no training - it is a property of what the encoder exposes."
-                    if u["top1_untrained"] >= 0.5 * max(u["top1_trained"], 1)
-                    else "training contributes most of this leak."
                 )
+            else:
+                meaning = "training contributes most of this leak."
+            out.append(
+                f"{head}: the untrained victim re-identifies {u['top1_untrained']} "
+                f"(trained {u['top1_trained']}) with mean {s.metric} {u['score_untrained']:.3f} "
+                f"(trained {u['score_trained']:.3f}): {meaning}"
             )
         b = s.baselines
         if b.get("mask_shape_top1") is not None and m.get("n"):
             out.append(
                 f"{head}: baselines - mask shape alone {b['mask_shape_top1']}/{m['n']}, scores inside one "
                 f"common mask {b['common_mask_top1']}/{m['n']}, the attacker's mean image "
-                f"{b['mean_image_top1']}/{m['n']} (chance {m['n']}/{s.n_candidates} x 1/{s.n_candidates} "
-                f"= {m['n'] / s.n_candidates:.2g} expected)."
+                f"{b['mean_image_top1']}/{m['n']} (chance: {m['n']} x 1/{s.n_candidates} = "
+                f"{m['n'] / s.n_candidates:.2g} expected at top-1)."
             )
     return out
 
