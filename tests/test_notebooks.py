@@ -215,7 +215,7 @@ def test_notebook_03_audits_a_monai_unet(kernel_name: str, tmp_path: Path) -> No
     assert_no_errors(nb)
     text = output_text(nb)
     assert "bottleneck=model.1.submodule.1.submodule" in text  # tap discovery found the roles
-    assert "user_untrained" in text  # the untrained control was attacked too
+    assert "user@untrained" in text  # the untrained control was attacked too
     assert "re-identified at top-1" in text and "chance 1/12" in text
     assert "the same architecture at its initialisation" in text
     assert n_images(nb) >= 1
