@@ -29,6 +29,8 @@ TINY = {
     "cohort": {"kind": "demo", "n_subjects": 6, "seed": 3, "demo_voxel_mm": 8.0},
     "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
     "folds": 2,
+    "holdout": 0,  # 6 subjects: no room for held-out non-members (tests/test_controls.py has them)
+    "controls": {"untrained_victim": False},
     "segmenter": {"architectures": ["unet", "segnet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
     "segmenter_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
     "attack": {

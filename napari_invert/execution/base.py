@@ -69,8 +69,13 @@ class Unit:
 def call_unit(func: str, config: dict[str, Any], paths: dict[str, str], threads: int) -> Any:
     """Run one unit in the current process with ``threads`` torch CPU threads.
 
-    This is what every backend executes (in a spawned process or a Ray worker).
+    This is what every backend executes (in a spawned process or a Ray worker). ITK (ANTs)
+    reads its thread count once, when first loaded in a process, so it is set here, before any
+    import: registrations are reproducible only single-threaded.
     """
+    import os
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(int(threads), 1))
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a core dependency
