@@ -555,6 +555,9 @@ def test_barely_segments_warning_threshold() -> None:
     assert len(warnings) == 1 and "SegNet (skull_stripped) 0.40 vs 0.35" in warnings[0]
     assert "U-Net" not in warnings[0]
     assert barely_segments_warnings([good]) == []
+    # the untrained-victim control never segments by design: it is not warned about
+    control = DiceBaseline(**{**bad.__dict__, "arch": "unet@untrained"})
+    assert barely_segments_warnings([good, control]) == []
 
 
 def test_untrained_victims_raise_the_banner_and_dice_figure_fits_the_page(tmp_path: Path) -> None:
