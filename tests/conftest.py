@@ -43,3 +43,38 @@ def lpba40(data_root: Path) -> Path:
 def ixi(data_root: Path) -> Path:
     """``<data>/ixi_hh_2mm``: 40 full-head subjects, 120x120x90 at 2 mm, 148 structures."""
     return _dataset(data_root, "ixi_hh_2mm")
+
+
+# -- small study folders for the napari GUI tests (tests/test_widgets_*.py) ---------------------
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 subjects, 2 folds, U-Net + SegNet reconstructions; not evaluated."""
+    from gui_helpers import make_gui_study
+
+    return make_gui_study(tmp_path_factory.mktemp("study") / "study", evaluated=False)
+
+
+@pytest.fixture(scope="module")
+def evaluated_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same layout with a fake evaluation (metrics.csv, matrices, deformation maps)."""
+    from gui_helpers import make_gui_study
+
+    return make_gui_study(tmp_path_factory.mktemp("evaluated") / "study", evaluated=True)
+
+
+@pytest.fixture
+def trainable_dir(tmp_path: Path) -> Path:
+    """A study with (untrained) segmenter checkpoints, for the Attack widget."""
+    pytest.importorskip("torch")
+    from gui_helpers import make_gui_study
+
+    return make_gui_study(tmp_path / "study", with_segmenters=True, evaluated=True)
+
+
+# -- the evaluated synthetic study the report tests share (tests/test_report_*.py) --------------
+@pytest.fixture(scope="session")
+def report_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """``(root, EvaluationSummary)`` of ``report_helpers.make_report_study`` (read-only)."""
+    from report_helpers import make_report_study
+
+    return make_report_study(tmp_path_factory.mktemp("study") / "s")
