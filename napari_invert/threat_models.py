@@ -28,6 +28,10 @@ THREAT_MODELS = (FEATURE_INVERSION, TRAINING_DATA_LEAKAGE)
 
 #: Architecture-directory suffix of the untrained-victim control (``unet@untrained``).
 UNTRAINED = "untrained"
+#: How the untrained-victim control is named wherever a person reads it.
+CONTROL_LABEL = "untrained victim (control)"
+#: Display names of the built-in architectures (any other name is shown as written).
+ARCH_NAMES: dict[str, str] = {"unet": "U-Net", "segnet": "SegNet"}
 
 #: One-line descriptions, for the CLI, the report and the plugin.
 DESCRIPTIONS: dict[str, str] = {
@@ -67,6 +71,23 @@ class ArchKey:
     @property
     def is_control(self) -> bool:
         return self.condition == UNTRAINED
+
+    @property
+    def title(self) -> str:
+        """The name a person reads: ``U-Net`` (trained victim), ``SegNet — untrained victim
+        (control)``, ``U-Net — noise-0.5 victim`` (a defended victim); never ``x@y``."""
+        name = ARCH_NAMES.get(self.arch, self.arch)
+        if self.condition is None:
+            return name
+        if self.is_control:
+            return f"{name} — {CONTROL_LABEL}"
+        return f"{name} — {self.condition} victim"
+
+
+def arch_title(name: str) -> str:
+    """:attr:`ArchKey.title` of an architecture directory name (``segnet@untrained`` ->
+    ``SegNet — untrained victim (control)``)."""
+    return ArchKey.parse(name).title
 
 
 def arch_key(arch: str, condition: str | None = None) -> str:

@@ -26,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_invert.widgets._layers import OVERLAY_KINDS, OVERLAY_TITLES
-from napari_invert.widgets._study_widget import scrolled
+from napari_invert.widgets._qt_util import scrolled
 from napari_invert.widgets._workers import guard, guard_slot
 
 NEXT_KEY = "PageDown"

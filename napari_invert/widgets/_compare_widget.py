@@ -15,8 +15,10 @@ button; layers are updated in place. The widgets talk only through the viewer's
 :class:`~napari_invert.widgets._state.SessionState` (a click in the similarity matrix
 arrives as a :class:`~napari_invert.widgets._state.PairRequest`).
 
-Modules: :mod:`._overlays` (maps, cache, scales), :mod:`._grid` (layers in the grid),
-:mod:`._scores` (metrics table), this one (UI and navigation).
+Modules: :mod:`._overlays` (maps, cache, scales), :mod:`._compare_overlays` (overlay
+controls: progress, Cancel, failures), :mod:`._grid` (layers in the grid), :mod:`._scores`
+(metrics table), :mod:`._recon_list` (the list of reconstructions and its labels),
+:mod:`._compare_ui` (controls), this one (navigation, loading, layers).
 Keyboard (bound on the viewer): ``PageDown`` next subject, ``PageUp`` previous subject.
 """
 
@@ -27,34 +29,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QListWidgetItem,
-    QWidget,
-)
+from qtpy.QtWidgets import QListWidgetItem, QWidget
 
 from napari_invert.config import StudyConfig
 from napari_invert.errors import NapariInvertError
 from napari_invert.study.results import Experiment, StudyResults
+from napari_invert.widgets._compare_overlays import OverlayControls
 from napari_invert.widgets._compare_ui import NEXT_KEY, PREVIOUS_KEY, build_compare_ui
 from napari_invert.widgets._core_api import Cell, SubjectView, load_view
 from napari_invert.widgets._grid import apply_layers, grid_layers, managed_layers, set_grid
-from napari_invert.widgets._layers import (
-    OVERLAY_KINDS,
-    OVERLAY_TITLES,
-    LayerData,
-)
-from napari_invert.widgets._overlays import (
-    MapCache,
-    OverlayKey,
-    OverlayResult,
-    compute_overlays,
-    deformation_on_demand,
-    overlay_key,
-    overlay_requests,
-    scale_text,
-)
+from napari_invert.widgets._launch import dock_similarity_matrix
+from napari_invert.widgets._layers import OVERLAY_TITLES, LayerData
+from napari_invert.widgets._overlays import MapCache, OverlayKey, scale_text
 from napari_invert.widgets._plugin_results import all_experiments
+from napari_invert.widgets._qt_util import blocked, unwrap_viewer
+from napari_invert.widgets._recon_list import fill_recon_list, ticked_experiments
 from napari_invert.widgets._scores import (
     fill_table,
     needs_scores,
@@ -65,27 +54,14 @@ from napari_invert.widgets._scores import (
     title_for,
 )
 from napari_invert.widgets._state import PairRequest, open_study, session_for
-from napari_invert.widgets._study_data import (
-    MetricsTable,
-    deformation_status,
-    folds_of,
-    read_metrics,
-)
-from napari_invert.widgets._study_widget import unwrap_viewer
-from napari_invert.widgets._workers import (
-    CancelToken,
-    ProgressRelay,
-    describe_error,
-    start_worker,
-)
+from napari_invert.widgets._study_data import MetricsTable, folds_of, read_metrics
+from napari_invert.widgets._workers import CancelToken, ProgressRelay, describe_error, start_worker
 
 if TYPE_CHECKING:
     import napari
 
-    from napari_invert.widgets._matrix_dock import SimilarityMatrixWidget
 
-
-class CompareWidget(QWidget):
+class CompareWidget(OverlayControls, QWidget):
     """Browse subjects; compare originals and reconstructions side by side."""
 
     def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
@@ -108,7 +84,7 @@ class CompareWidget(QWidget):
         self._workers: set[Any] = set()
         self._overlay_token: CancelToken | None = None
         self._relay = ProgressRelay(self._on_overlay_progress)
-        self._matrix: SimilarityMatrixWidget | None = None
+        self._matrix: Any = None  # the similarity-matrix dock's widget, once opened
         self._deformation_reason = ""
         self.scales: dict[str, tuple[float, float]] = {}
         self._build_ui()
@@ -173,12 +149,7 @@ class CompareWidget(QWidget):
 
     def selected_experiments(self) -> list[Experiment]:
         """Experiments ticked in the list (reconstructions shown, in grid order)."""
-        out = []
-        for i in range(self.experiment_list.count()):
-            item = self.experiment_list.item(i)
-            if item.checkState() == Qt.Checked:
-                out.append(item.data(Qt.UserRole))
-        return out
+        return ticked_experiments(self.experiment_list)
 
     def open(self, path: str | Path) -> StudyResults | None:
         """Open a study folder and publish it to the viewer's other widgets.
@@ -222,12 +193,6 @@ class CompareWidget(QWidget):
         """Tick/untick an overlay (``ssim``, ``diff``, ``deformation``)."""
         self.overlay_boxes[kind].setChecked(on)
 
-    def cancel_overlays(self) -> None:
-        """Stop the running overlay computation after the current map."""
-        if self._overlay_token is not None:
-            self._overlay_token.cancel()
-            self.status.setText("Cancelling the overlay maps…")
-
     def show_pair(
         self,
         experiment: Experiment,
@@ -238,21 +203,19 @@ class CompareWidget(QWidget):
         """Show reconstruction of ``recon_subject`` next to candidate original ``candidate``."""
         self._on_pair_requested(PairRequest(experiment, recon_subject, candidate, dict(similarity or {})))
 
-    def show_matrix(self) -> SimilarityMatrixWidget | None:
-        """Open (or raise) the similarity-matrix dock, tabbed with this widget."""
-        from napari_invert.widgets._matrix_dock import SimilarityMatrixWidget
+    def show_matrix(self) -> Any:
+        """Open (or raise) the similarity-matrix dock, tabbed with this widget.
 
+        The dock is made by :func:`~napari_invert.widgets._launch.dock_similarity_matrix`;
+        it and this widget talk only through the viewer's session (pair requests, the
+        subject and variant shown).
+        """
         if self._study is None:
             return None
         if self._matrix is None:
-            self._matrix = SimilarityMatrixWidget(self._viewer)
-            try:
-                dock = self._viewer.window.add_dock_widget(
-                    self._matrix, name="Similarity matrix", area="right", tabify=True
-                )
-                dock.raise_()
-            except Exception as exc:  # no window (headless viewer model): keep the widget only
-                self.status.setText(f"Cannot dock the similarity matrix: {describe_error(exc)}")
+            self._matrix, problem = dock_similarity_matrix(self._viewer)
+            if problem:
+                self.status.setText(problem)
         return self._matrix
 
     def metrics_text(self) -> dict[str, dict[str, str]]:
@@ -286,7 +249,7 @@ class CompareWidget(QWidget):
         self.study_label.setText(f"Study '{name}': {len(study.subject_ids)} subjects, {evaluated}")
         self._update_deformation_reason()
         self._fill_subjects(study)
-        with _blocked(self.variant_combo):
+        with blocked(self.variant_combo):
             self.variant_combo.clear()
             self.variant_combo.addItems(study.variants)
         self._session.show_variant(self.variant_combo.currentText())
@@ -294,28 +257,9 @@ class CompareWidget(QWidget):
         self._set_enabled(True)
         self.set_subject(0)
 
-    def _update_deformation_reason(self) -> None:
-        study = self._study
-        if study is None:
-            return
-        stored, _ = deformation_status(study, self._config, self._table)
-        on_demand, why_not = deformation_on_demand()
-        preset = self._config.evaluation.deformation.preset if self._config is not None else "fast"
-        if on_demand:
-            self._deformation_reason = ""
-            self._deformation_info = (
-                "stored maps where evaluated; " if stored else ""
-            ) + f"other pairs registered on demand with ANTs (preset '{preset}')"
-        elif stored:
-            self._deformation_reason = ""
-            self._deformation_info = f"stored maps only ({why_not})"
-        else:
-            self._deformation_reason = f"No deformation maps in this study and {why_not}."
-            self._deformation_info = ""
-
     def _fill_subjects(self, study: StudyResults) -> None:
         fold_of = {s: f.fold for f in folds_of(study) for s in f.private}
-        with _blocked(self.subject_list):
+        with blocked(self.subject_list):
             self.subject_list.clear()
             for sid in study.subject_ids:
                 self.subject_list.addItem(
@@ -324,39 +268,12 @@ class CompareWidget(QWidget):
 
     def _fill_experiments(self, tick: Experiment | None = None) -> None:
         variant = self.variant_combo.currentText()
-        ticked = set(self.selected_experiments())
         experiments = (
             [] if self._study is None else [e for e in all_experiments(self._study) if e.variant == variant]
         )
-        keep = bool(ticked) and any(e in ticked for e in experiments)
-        with _blocked(self.experiment_list):
-            self.experiment_list.clear()
-            for exp in experiments:
-                item = QListWidgetItem(exp.label)
-                item.setData(Qt.UserRole, exp)
-                item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-                on = (exp in ticked or exp == tick) if keep else True
-                item.setCheckState(Qt.Checked if on else Qt.Unchecked)
-                self.experiment_list.addItem(item)
+        fill_recon_list(self.experiment_list, experiments, self.selected_experiments(), tick)
         if not experiments and self._study is not None:
             self.status.setText(f"No reconstructions for variant '{variant}' yet: showing originals only.")
-
-    def _apply_deformation_state(self) -> None:
-        box = self.overlay_boxes["deformation"]
-        reason = self._deformation_reason or self._failed_kinds.get("deformation", "")
-        if reason:
-            with _blocked(box):
-                box.setChecked(False)
-            box.setEnabled(False)
-            box.setToolTip(reason)
-            self.deformation_note.setText(f"Deformation unavailable: {reason}")
-        else:
-            box.setEnabled(True)
-            box.setToolTip(
-                "Magnitude (mm) of the ANTs deformation mapping the reconstruction onto the original"
-            )
-            self.deformation_note.setText(f"Deformation: {getattr(self, '_deformation_info', '')}")
-        self.deformation_note.setToolTip(reason)
 
     def _on_variant_changed(self, _text: str) -> None:
         self._fill_experiments()
@@ -385,7 +302,7 @@ class CompareWidget(QWidget):
             return
         self._pair = request
         row = study.subject_ids.index(request.recon_subject)
-        with _blocked(self.subject_list):
+        with blocked(self.subject_list):
             self.subject_list.setCurrentRow(row)
         match = "true match" if request.recon_subject == request.candidate else "candidate"
         self.status.setText(
@@ -485,90 +402,6 @@ class CompareWidget(QWidget):
         self._update_metrics()
         self._ensure_overlays()
 
-    # -- overlays ------------------------------------------------------------------------------------
-    def active_overlays(self) -> list[str]:
-        return [
-            k
-            for k in OVERLAY_KINDS
-            if self.overlay_boxes[k].isChecked() and self.overlay_boxes[k].isEnabled()
-        ]
-
-    def _overlay_key(self, kind: str, cell: Cell) -> OverlayKey:
-        return overlay_key(kind, cell)
-
-    def _ensure_overlays(self) -> None:
-        view, study = self._view, self._study
-        if view is None or study is None:
-            return
-        preset = self._config.evaluation.deformation.preset if self._config is not None else "fast"
-        requests = overlay_requests(
-            view, study, self.active_overlays(), preset, lambda k: k in self._cache or k in self._pending
-        )
-        if not requests:
-            return
-        if self._overlay_token is not None:
-            self._overlay_token.cancel()
-        keys = [r.key for r in requests]
-        self._pending.update(keys)
-        cancel = self._overlay_token = CancelToken()
-        kinds = sorted({k[0] for k in keys})
-        self.overlay_progress.setRange(0, len(requests))
-        self.overlay_progress.setValue(0)
-        self.overlay_cancel.setEnabled(True)
-        self.status.setText(
-            f"Computing {', '.join(OVERLAY_TITLES[k] for k in kinds)}: 0/{len(requests)} maps…"
-        )
-
-        def done(result: OverlayResult) -> None:
-            self._pending.difference_update(keys)
-            if self._study is not study:  # another study was opened meanwhile
-                return
-            for key, value in result.maps.items():
-                self._cache.put(key, value, result.maxima.get(key))
-            for kind, message in result.errors.items():
-                self._overlay_failed(kind, message)
-            if result.cancelled and cancel is self._overlay_token:
-                for kind in kinds:  # do not restart what the user stopped
-                    if any(k not in self._cache for k in keys if k[0] == kind):
-                        with _blocked(self.overlay_boxes[kind]):
-                            self.overlay_boxes[kind].setChecked(False)
-                self.status.setText(f"Cancelled after {result.done}/{result.total} maps.")
-            elif cancel is self._overlay_token:
-                self.status.setText("")
-            self._sync_layers()
-
-        def finished_overlays() -> None:
-            if cancel is self._overlay_token:
-                self._overlay_token = None
-                self.overlay_cancel.setEnabled(False)
-
-        self._start(
-            compute_overlays,
-            requests,
-            on_returned=done,
-            what="compute overlays",
-            on_errored=lambda _exc: self._pending.difference_update(keys),
-            on_finished=finished_overlays,
-            on_step=self._relay.emit,
-            should_stop=cancel,
-        )
-
-    def _on_overlay_progress(self, done: int, total: int, _loss: float) -> None:
-        self.overlay_progress.setRange(0, max(1, total))
-        self.overlay_progress.setValue(done)
-        if total and self._overlay_token is not None and not self._overlay_token.cancelled:
-            self.status.setText(f"Computing overlay maps: {done}/{total}…")
-
-    def _overlay_failed(self, kind: str, message: str) -> None:
-        show_warning(f"napari-invert: {OVERLAY_TITLES[kind]} overlay failed: {message}")
-        box = self.overlay_boxes[kind]
-        with _blocked(box):
-            box.setChecked(False)
-        box.setToolTip(f"Last attempt failed: {message}")
-        if kind == "deformation":
-            self._failed_kinds[kind] = message
-            self._apply_deformation_state()
-
     # -- layers ----------------------------------------------------------------------------------------
     def _desired_layers(self) -> tuple[list[LayerData], int]:
         view, study = self._view, self._study
@@ -621,13 +454,3 @@ class CompareWidget(QWidget):
             columns = subject_columns(view, self._table)
             self.metrics_title.setText(title_for(view.ref_subject, columns))
         fill_table(self.metrics_table, columns)
-
-
-@contextlib.contextmanager
-def _blocked(widget: QWidget):  # type: ignore[no-untyped-def]
-    """Block a widget's signals for the duration of a programmatic update."""
-    old = widget.blockSignals(True)
-    try:
-        yield widget
-    finally:
-        widget.blockSignals(old)

@@ -1,4 +1,6 @@
-"""Open a study in a viewer with the plugin's docks (``napari-invert view``, a dropped study)."""
+"""Dock the plugin's widgets: a study with its docks (``napari-invert view``, a dropped
+study) and the similarity-matrix dock Compare opens. The widgets themselves never import
+one another; they talk through the viewer's :class:`~napari_invert.widgets._state.SessionState`."""
 
 from __future__ import annotations
 
@@ -34,3 +36,21 @@ def open_study_in_viewer(viewer: Any, study: str | Path) -> tuple[Any, Any]:
     study_widget, compare = docks
     study_widget.open(study)
     return study_widget, compare
+
+
+def dock_similarity_matrix(viewer: Any) -> tuple[Any, str]:
+    """Make a similarity-matrix dock on ``viewer``, tabbed on the right, and raise it.
+
+    Returns ``(widget, problem)``: ``problem`` is ``""``, or says why the widget could not
+    be docked (a headless viewer model has no window; the widget is still returned).
+    """
+    from napari_invert.widgets._matrix_dock import SimilarityMatrixWidget
+    from napari_invert.widgets._workers import describe_error
+
+    widget = SimilarityMatrixWidget(viewer)
+    try:
+        dock = viewer.window.add_dock_widget(widget, name="Similarity matrix", area="right", tabify=True)
+        dock.raise_()
+    except Exception as exc:  # no window (headless viewer model): keep the widget only
+        return widget, f"Cannot dock the similarity matrix: {describe_error(exc)}"
+    return widget, ""

@@ -12,13 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import FileEdit
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QFrame,
     QGroupBox,
     QLabel,
     QPushButton,
-    QScrollArea,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -30,6 +27,7 @@ from napari_invert.errors import NapariInvertError
 from napari_invert.study.results import StudyResults, count_similarity_matrices
 from napari_invert.widgets._audit_box import AuditModelBox
 from napari_invert.widgets._overlays import deformation_on_demand
+from napari_invert.widgets._qt_util import scrolled, unwrap_viewer  # noqa: F401  (scrolled: old import path)
 from napari_invert.widgets._state import CohortSession, open_study, session_for
 from napari_invert.widgets._study_data import (
     architectures_of,
@@ -48,28 +46,6 @@ from napari_invert.widgets._workers import describe_error, guard_slot
 
 if TYPE_CHECKING:
     import napari
-
-
-def unwrap_viewer(viewer: Any) -> Any:
-    """The real viewer behind napari's ``PublicOnlyProxy`` (the registry key)."""
-    return getattr(viewer, "__wrapped__", viewer)
-
-
-def scrolled(widget: QWidget) -> QWidget:
-    """Give ``widget`` a vertical scroll area and return the page to lay out inside it.
-
-    Dock areas are often shorter than a tall form; scrolling beats squeezed controls.
-    """
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-    page = QWidget()
-    area.setWidget(page)
-    outer = QVBoxLayout(widget)
-    outer.setContentsMargins(0, 0, 0, 0)
-    outer.addWidget(area)
-    return page
 
 
 def _field(value: Any) -> str:
