@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from napari_invert.study.results import Experiment
-from napari_invert.threat_models import ArchKey
+from napari_invert.threat_models import ARCH_NAMES, CONTROL_LABEL, ArchKey
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
 
@@ -57,9 +57,6 @@ def image_layer(
     return (data, kwargs, "image")
 
 
-ARCH_NAMES: dict[str, str] = {"unet": "U-Net", "segnet": "SegNet"}
-
-
 #: Short overlay names for layer names (the layer list shows about 26 characters).
 OVERLAY_SHORT: dict[str, str] = {"ssim": "SSIM", "diff": "|diff|", "deformation": "deform."}
 #: Longest layer name the widgets make (napari's layer list elides longer ones).
@@ -85,7 +82,7 @@ def experiment_title(experiment: Experiment, subject: str | None = None) -> str:
     else:
         title = f"{arch} {experiment.tap}"
     if key.is_control:  # the untrained-victim control is named, never "unet@untrained"
-        title += " · untrained victim (control)"
+        title += f" · {CONTROL_LABEL}"
     if len(title) > MAX_NAME:
         title = title.replace(experiment.tap, short_tap(experiment.tap))
     return f"{subject} · {title}" if subject else title

@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QTableWidget, QTableWidgetItem
 
-from napari_invert.threat_models import FEATURE_INVERSION, ArchKey
+from napari_invert.threat_models import CONTROL_LABEL, FEATURE_INVERSION, ArchKey, arch_title
 from napari_invert.widgets._core_api import SubjectView
 from napari_invert.widgets._grid import short_labels
 from napari_invert.widgets._plugin_results import is_plugin
 from napari_invert.widgets._study_data import MetricsTable, MetricValue, sort_metrics
 
 ON_DEMAND = "computed on demand"
-CONTROL_LABEL = "untrained victim (control)"
 STORED = "evaluation/metrics.csv"
 
 
@@ -86,8 +85,9 @@ def fill_table(table: QTableWidget, columns: Sequence[ScoreColumn]) -> None:
     for col, (column, name) in enumerate(zip(columns, short)):
         if is_plugin_label(column.label) and "plugin" not in name:
             name += " (plugin)"
-        if column.control:
-            name = f"{name.replace('@untrained', '')} — {CONTROL_LABEL}"
+        if column.control:  # "SegNet — untrained victim (control)[, tap]", never "segnet@untrained"
+            arch, _, rest = name.partition(" ")
+            name = arch_title(arch) + (f", {rest}" if rest else "")
         header = QTableWidgetItem(name)
         role = f"{CONTROL_LABEL}, " if column.control else ""
         header.setToolTip(f"{column.label} ({role}{FEATURE_INVERSION}): {column.source}")

@@ -21,9 +21,8 @@ from typing import Any
 
 from napari_invert._io import read_json
 from napari_invert.study.layout import StudyFolder
-from napari_invert.threat_models import FEATURE_INVERSION, TRAINING_DATA_LEAKAGE, ArchKey
+from napari_invert.threat_models import CONTROL_LABEL, FEATURE_INVERSION, TRAINING_DATA_LEAKAGE, ArchKey
 
-CONTROL_LABEL = "untrained victim (control)"
 Row = tuple[str, str]
 
 
