@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import pytest
+from tiny_inputs import demo_cohort_for, with_cohort
 
 from napari_invert._io import read_json
 from napari_invert.config import parse_config
@@ -40,11 +41,8 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def defended_study(tmp_path_factory) -> Path:
-    from napari_invert.data.demo import make_demo_cohort
-
     root = tmp_path_factory.mktemp("defended")
-    cohort = make_demo_cohort(root / "cohort", n_subjects=8, seed=3, voxel_mm=8.0, progress=False)
-    data = {**TINY, "cohort": {**TINY["cohort"], "path": str(cohort)}}
+    data = with_cohort(TINY, demo_cohort_for(TINY, root / "cohort"))
     study = root / "study"
     paths = run_defended_study(parse_config(data), study, folds=[0], progress=False)
     assert len(paths) == 4  # fold 0: the reference + 3 defences
@@ -105,9 +103,7 @@ def test_defended_experiments_retrain_the_attacker_and_measure_both_threats(defe
 def test_rerun_skips_finished_experiments(defended_study: Path) -> None:
     folder = StudyFolder(defended_study)
     before = {p: p.stat().st_mtime_ns for p in folder.defended_results()}
-    config = parse_config(
-        {**TINY, "cohort": {**TINY["cohort"], "path": str(defended_study.parent / "cohort")}}
-    )
+    config = parse_config(with_cohort(TINY, defended_study.parent / "cohort"))
     paths = run_defended_study(config, defended_study, folds=[0], progress=False)
     assert sorted(paths) == sorted(before)
     assert {p: p.stat().st_mtime_ns for p in paths} == before
@@ -167,3 +163,23 @@ def test_verdict_says_which_defence_reaches_chance_within_the_dice_budget() -> N
     assert "nothing to fix" in line
     [line] = verdict([_pt("none", 0.05, 0.0, hits=10), _pt("noise-1", 0.05, 0.0, hits=0)])
     assert "barely segments" in line
+
+
+# -- the frontier's intervals come from napari_invert.identify (known answers) -----------------------
+def test_frontier_intervals_known_answers() -> None:
+    from napari_invert.defences.frontier import bootstrap_mean, fold_auc, group_gap, paired_cost
+
+    nan = float("nan")
+    # every subject loses exactly 0.1 Dice: cost 0.1 with a zero-width interval; NaN pairs dropped
+    cost = paired_cost([0.8, 0.7, 0.9, nan], [0.7, 0.6, 0.8, 0.5])
+    assert (cost.value, cost.lo, cost.hi, cost.n) == pytest.approx((0.1, 0.1, 0.1, 3))
+    assert paired_cost([nan], [0.5]).n == 0
+    # member gains all 1, non-member gains all 0: gap 1 exactly
+    gap = group_gap([1.0, 1.0, 1.0], [0.0, 0.0, nan])
+    assert (gap.value, gap.lo, gap.hi, gap.n) == (1.0, 1.0, 1.0, 5)
+    # one fold perfectly separated (AUC 1), one perfectly reversed (AUC 0): mean 0.5 in every resample
+    auc = fold_auc([([0.9, 0.8], [0.1, 0.2, nan]), ([0.1, 0.2], [0.8, 0.9])])
+    assert (auc.value, auc.lo, auc.hi, auc.n) == (0.5, 0.5, 0.5, 8)
+    assert fold_auc([([], [0.1])]).n == 0
+    mean = bootstrap_mean([0.2, nan, 0.4])
+    assert mean.value == pytest.approx(0.3) and 0.2 <= mean.lo < 0.3 < mean.hi <= 0.4 and mean.n == 2

@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 
 from napari_invert.identify.intervals import (
+    auc_bootstrap,
     auc_interval,
     auc_permutation_p,
     auc_summary,
+    binomial_sf,
+    clopper_pearson,
     difference_interval,
     fpr_support,
+    mean_interval,
     minimum_detectable_auc,
+    percentile_interval,
     roc_auc,
     roc_curve,
     tpr_at_fpr,
@@ -162,3 +167,44 @@ def test_summary_record_and_errors() -> None:
         roc_auc([], [1.0])
     with pytest.raises(ValueError, match="NaN"):
         roc_auc([np.nan], [1.0])
+
+
+def test_mean_interval_known_answers_and_paired_use_it() -> None:
+    from napari_invert.identify.paired import paired_difference_interval
+
+    assert mean_interval([0.3, 0.3, 0.3]) == (0.3, 0.3)  # every resample has the same mean
+    # two values 0 and 1: resampled means are 0, 1/2, 1 with P = 1/4, 1/2, 1/4
+    assert mean_interval([0.0, 1.0], n_boot=4000, seed=2) == (0.0, 1.0)
+    assert mean_interval([0.0, 1.0], n_boot=4000, seed=2, level=0.4) == (0.5, 0.5)
+    rng = np.random.default_rng(4)
+    x = rng.normal(2.0, 1.0, 3000)
+    lo, hi = mean_interval(x, n_boot=2000, seed=0)
+    se = x.std(ddof=1) / np.sqrt(x.size)
+    assert lo < x.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * se, rel=0.1)
+    # the paired interval is the mean interval of the per-pair differences
+    a, b = rng.normal(0.5, 1, 12), rng.normal(0, 1, 12)
+    assert paired_difference_interval(a, b, seed=3).ci == mean_interval(a - b, seed=3)
+    with pytest.raises(ValueError, match="NaN"):
+        mean_interval([1.0, np.nan])
+
+
+def test_auc_bootstrap_and_percentile_interval() -> None:
+    boots = auc_bootstrap([5, 6, 7], [1, 2], n_boot=300, seed=0)
+    assert boots.shape == (300,) and np.all(boots == 1.0)  # separated groups stay separated
+    boots = auc_bootstrap([0.9, 0.2, 0.6], [0.5, 0.1], n_boot=1000, seed=4)
+    assert np.all((boots >= 0) & (boots <= 1))
+    assert auc_interval([0.9, 0.2, 0.6], [0.5, 0.1], n_boot=1000, seed=4) == percentile_interval(boots)
+    assert percentile_interval(np.arange(101.0), level=0.9) == pytest.approx((5.0, 95.0))
+
+
+def test_clopper_pearson_and_binomial_known_answers() -> None:
+    # k = 0: upper bound solves (1 - p)^n = 0.025; k = n: lower bound solves p^n = 0.025
+    assert clopper_pearson(0, 10) == pytest.approx((0.0, 1 - 0.025 ** (1 / 10)))
+    assert clopper_pearson(10, 10) == pytest.approx((0.025 ** (1 / 10), 1.0))
+    lo, hi = clopper_pearson(5, 10)
+    assert lo == pytest.approx(1 - hi) and lo == pytest.approx(0.187086, abs=1e-5)
+    assert binomial_sf(1, 4, 0.5) == pytest.approx(1 - 0.5**4)
+    assert binomial_sf(4, 4, 0.5) == pytest.approx(1 / 16)
+    assert binomial_sf(0, 4, 0.5) == 1.0 and binomial_sf(3, 0, 0.5) == 1.0
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)

@@ -5,15 +5,19 @@ or more study folders over folds, per (study, variant, architecture, defence):
 
 * ``dice``: utility, mean Dice on unseen subjects, 95 % percentile-bootstrap interval;
 * ``dice_cost``: the reference's Dice minus this point's, paired per unseen subject (the
-  reference ``none`` and every defence are scored on the same subjects of the same folds);
+  reference ``none`` and every defence are scored on the same subjects of the same folds),
+  bootstrap over subjects (:func:`~napari_invert.identify.paired.paired_difference_interval`);
 * ``reid_top1`` (feature inversion): re-identified members / members, Clopper-Pearson
   95 % interval, chance ``1/M`` and the binomial p-value of doing that well by guessing;
 * ``ssim_gain`` (feature inversion): SSIM of the reconstruction minus SSIM of the prior,
   against the true original; bootstrap interval;
 * ``member_gap`` (feature inversion, only with held-out subjects): member minus non-member
-  SSIM gain;
+  SSIM gain (:func:`~napari_invert.identify.intervals.difference_interval`);
 * ``mia_auc`` (training-data leakage): membership-inference ROC AUC, averaged over folds,
   stratified bootstrap interval (0.5 = chance).
+
+Every interval comes from :mod:`napari_invert.identify.intervals` / :mod:`~napari_invert.identify.paired`
+(one implementation of the bootstrap in the package); this module only pools and labels.
 
 :func:`pareto_front` marks the non-dominated points (higher utility, lower leakage).
 """
@@ -30,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from napari_invert._io import read_json
-from napari_invert.defences.measures import auc_mann_whitney
 from napari_invert.errors import DataError
+from napari_invert.identify import intervals
+from napari_invert.identify.paired import paired_difference_interval
 from napari_invert.study.layout import StudyFolder
 
 #: resamples of every bootstrap interval
@@ -72,59 +77,70 @@ def _nan() -> Estimate:
     return Estimate(float("nan"), float("nan"), float("nan"), 0)
 
 
+def _finite(values: Sequence[float]) -> np.ndarray:
+    v = np.asarray(values, dtype=float).ravel()
+    return v[np.isfinite(v)]
+
+
 def bootstrap_mean(values: Sequence[float], seed: int = 0) -> Estimate:
     """Mean and 95 % percentile-bootstrap interval of ``values`` (NaNs dropped)."""
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
+    v = _finite(values)
     if v.size == 0:
         return _nan()
     if v.size == 1:
         return Estimate(float(v[0]), float(v[0]), float(v[0]), 1)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(N_BOOT, v.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return Estimate(float(v.mean()), float(lo), float(hi), int(v.size))
+    lo, hi = intervals.mean_interval(v, n_boot=N_BOOT, seed=seed)
+    return Estimate(float(v.mean()), lo, hi, int(v.size))
+
+
+def paired_cost(reference: Sequence[float], defended: Sequence[float]) -> Estimate:
+    """Mean of ``reference - defended`` over subjects measured under both, bootstrap over
+    subjects (pairs with a NaN are dropped)."""
+    a, b = np.asarray(reference, dtype=float), np.asarray(defended, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if not keep.any():
+        return _nan()
+    if keep.sum() == 1:
+        return bootstrap_mean(a[keep] - b[keep])
+    d = paired_difference_interval(a[keep], b[keep], n_boot=N_BOOT)
+    return Estimate(d.difference, d.ci[0], d.ci[1], d.n_a)
+
+
+def group_gap(a: Sequence[float], b: Sequence[float], seed: int = 1) -> Estimate:
+    """``mean(a) - mean(b)`` of two independent groups, each resampled on its own."""
+    x, y = _finite(a), _finite(b)
+    if x.size == 0 or y.size == 0:
+        return _nan()
+    d = intervals.difference_interval(x, y, n_boot=N_BOOT, seed=seed)
+    return Estimate(d.difference, d.ci[0], d.ci[1], int(x.size + y.size))
 
 
 def clopper_pearson(k: int, n: int) -> Estimate:
     """Rate ``k/n`` with its exact (Clopper-Pearson) 95 % interval."""
-    from scipy.stats import beta
-
     if n == 0:
         return _nan()
-    lo = 0.0 if k == 0 else float(beta.ppf(0.025, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(0.975, k + 1, n - k))
+    lo, hi = intervals.clopper_pearson(k, n)
     return Estimate(k / n, lo, hi, n)
 
 
 def binomial_p(k: int, n: int, p: float) -> float:
     """P(X >= k), X ~ Binomial(n, p): how often guessing re-identifies at least ``k``."""
-    from scipy.stats import binom
-
-    if n == 0 or k == 0:
-        return 1.0
-    return float(binom.sf(k - 1, n, p))
+    return intervals.binomial_sf(k, n, p)
 
 
 def fold_auc(folds: Sequence[tuple[Sequence[float], Sequence[float]]], seed: int = 0) -> Estimate:
-    """Mean over folds of the AUC of (member, non-member) scores, stratified bootstrap."""
-    folds = [(np.asarray(m, float), np.asarray(n, float)) for m, n in folds if len(m) and len(n)]
-    if not folds:
+    """Mean over folds of the AUC of (member, non-member) scores, stratified bootstrap
+    (each fold resampled within its own groups; NaN scores dropped)."""
+    pairs = [(_finite(m), _finite(n)) for m, n in folds]
+    pairs = [(m, n) for m, n in pairs if m.size and n.size]
+    if not pairs:
         return _nan()
-    value = float(np.mean([auc_mann_whitney(m, n) for m, n in folds]))
-    rng = np.random.default_rng(seed)
-    boots = []
-    for _ in range(N_BOOT // 4):
-        boots.append(
-            np.mean(
-                [
-                    auc_mann_whitney(m[rng.integers(0, m.size, m.size)], n[rng.integers(0, n.size, n.size)])
-                    for m, n in folds
-                ]
-            )
-        )
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return Estimate(value, float(lo), float(hi), int(sum(m.size + n.size for m, n in folds)))
+    value = float(np.mean([intervals.roc_auc(m, n) for m, n in pairs]))
+    boots = np.mean(
+        [intervals.auc_bootstrap(m, n, N_BOOT, seed + i) for i, (m, n) in enumerate(pairs)], axis=0
+    )
+    lo, hi = intervals.percentile_interval(boots)
+    return Estimate(value, lo, hi, int(sum(m.size + n.size for m, n in pairs)))
 
 
 @dataclass
@@ -206,27 +222,20 @@ def _point(
 ) -> FrontierPoint:
     d = rows[0]["defence"]
     dice = [v for r in rows for v in r["utility"]["dice"]]
-    cost: list[float] = []
+    ref_dice: list[float] = []  # the reference's Dice and this point's on the same subjects
+    own_dice: list[float] = []
     for r in rows:
         base = ref.get(r["fold"])
         if base is not None and base["utility"]["subjects"] == r["utility"]["subjects"]:
-            cost += [a - b for a, b in zip(base["utility"]["dice"], r["utility"]["dice"])]
+            ref_dice += base["utility"]["dice"]
+            own_dice += r["utility"]["dice"]
     fi = [r["feature_inversion"] for r in rows]
     hits = int(sum(sum(f["top1"]) for f in fi))
     n = int(sum(len(f["top1"]) for f in fi))
     m = max(int(f["n_candidates"]) for f in fi)
     gains = [v for f in fi for v in f["ssim_gain"]]
     nm_gains = [v for f in fi for v in f.get("non_member_ssim_gain", [])]
-    gap = _nan()
-    if nm_gains:
-        rng = np.random.default_rng(1)
-        a, b = np.asarray(gains), np.asarray(nm_gains)
-        boots = [
-            a[rng.integers(0, a.size, a.size)].mean() - b[rng.integers(0, b.size, b.size)].mean()
-            for _ in range(N_BOOT)
-        ]
-        lo, hi = np.percentile(boots, [2.5, 97.5])
-        gap = Estimate(float(a.mean() - b.mean()), float(lo), float(hi), int(a.size + b.size))
+    gap = group_gap(gains, nm_gains) if nm_gains else _nan()
     tl = [r["training_data_leakage"] for r in rows]
     mia = fold_auc([(t.get("member_scores", []), t.get("non_member_scores", [])) for t in tl])
     info = rows[0].get("defence_info") or {}
@@ -241,7 +250,7 @@ def _point(
         threat_model=d["threat_model"],
         folds=[int(r["fold"]) for r in rows],
         dice=bootstrap_mean(dice),
-        dice_cost=bootstrap_mean(cost) if cost else _nan(),
+        dice_cost=paired_cost(ref_dice, own_dice),
         reid_top1=clopper_pearson(hits, n),
         reid_hits=hits,
         chance_top1=1.0 / m,

@@ -36,15 +36,18 @@ def victim_dice(model: Segmenter, images: Sequence[np.ndarray], labels: Sequence
 
 
 def auc_mann_whitney(positive: Sequence[float], negative: Sequence[float]) -> float:
-    """ROC AUC of scores where ``positive`` should score higher (ties count 1/2); NaN if empty."""
-    pos = np.asarray(positive, dtype=float)
-    neg = np.asarray(negative, dtype=float)
+    """ROC AUC of scores where ``positive`` should score higher (ties count 1/2); NaN if empty.
+
+    Non-finite scores are dropped, then :func:`napari_invert.identify.intervals.roc_auc`.
+    """
+    from napari_invert.identify.intervals import roc_auc
+
+    pos = np.asarray(positive, dtype=float).ravel()
+    neg = np.asarray(negative, dtype=float).ravel()
     pos, neg = pos[np.isfinite(pos)], neg[np.isfinite(neg)]
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (pos.size * neg.size))
+    return roc_auc(pos, neg)
 
 
 @dataclass

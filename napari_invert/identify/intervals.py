@@ -15,6 +15,15 @@ Used for membership inference (members = positives, non-members = negatives) and
   number of negatives supports (with 10 negatives the lowest non-zero FPR is 0.1).
 * :func:`difference_interval`: mean difference with bootstrap interval and two-sided
   permutation p-value.
+* :func:`mean_interval`: percentile bootstrap interval of one sample's mean (used for paired
+  differences by :mod:`.paired` and for the frontier's utility and gains).
+* :func:`auc_bootstrap` / :func:`percentile_interval`: the bootstrap AUCs behind
+  :func:`auc_interval` and the interval of any bootstrap sample (e.g. a mean over folds).
+* :func:`clopper_pearson` and :func:`binomial_sf`: exact interval of a rate ``k/n`` and
+  the chance of ``k`` or more hits by guessing (re-identification against chance).
+
+This module is the ONE implementation of these bootstraps in napari-invert: other modules
+call it rather than resampling on their own.
 
 Every random draw comes from ``numpy.random.default_rng(seed)``: results are reproducible.
 """
@@ -32,12 +41,17 @@ import numpy as np
 __all__ = [
     "AucSummary",
     "Difference",
+    "auc_bootstrap",
     "auc_interval",
     "auc_permutation_p",
     "auc_summary",
+    "binomial_sf",
+    "clopper_pearson",
     "difference_interval",
     "fpr_support",
+    "mean_interval",
     "minimum_detectable_auc",
+    "percentile_interval",
     "roc_auc",
     "roc_curve",
     "tpr_at_fpr",
@@ -114,12 +128,34 @@ def _auc_rows(p: np.ndarray, n: np.ndarray) -> np.ndarray:
 # -- intervals and tests for the AUC ------------------------------------------------------------
 
 
-def auc_interval(
-    pos: Any, neg: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the AUC (stratified: ``n_pos`` positives and
-    ``n_neg`` negatives drawn with replacement from their own group)."""
+def percentile_interval(samples: Any, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap ``samples`` (1-D)."""
     _check_level(level)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.asarray(samples, dtype=np.float64), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _resampled_means(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_boot`` means of ``x`` resampled with replacement (same size), shape ``(n_boot,)``."""
+    return x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+
+
+def mean_interval(x: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of one sample ``x`` (finite values only).
+
+    For paired data pass the per-pair differences (as :mod:`.paired` does).
+    """
+    _check_level(level)
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    v = _sample(x, "x")
+    return percentile_interval(_resampled_means(v, n_boot, np.random.default_rng(seed)), level)
+
+
+def auc_bootstrap(pos: Any, neg: Any, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """``n_boot`` bootstrap AUCs, stratified: ``n_pos`` positives and ``n_neg`` negatives
+    drawn with replacement from their own group. Shape ``(n_boot,)``, values in [0, 1]."""
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
     p, n = _sample(pos, "pos"), _sample(neg, "neg")
@@ -131,9 +167,38 @@ def auc_interval(
         bp = p[rng.integers(0, p.size, size=(r, p.size))]
         bn = n[rng.integers(0, n.size, size=(r, n.size))]
         aucs[start : start + r] = _auc_rows(bp, bn)
+    return aucs
+
+
+def auc_interval(
+    pos: Any, neg: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC (stratified, see :func:`auc_bootstrap`)."""
+    _check_level(level)
+    return percentile_interval(auc_bootstrap(pos, neg, n_boot, seed), level)
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) ``level`` interval of the rate ``k/n`` (``0 <= k <= n``, ``n >= 1``)."""
+    from scipy.stats import beta
+
+    _check_level(level)
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(aucs, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    lo = 0.0 if k == 0 else float(beta.ppf(alpha, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1.0 - alpha, k + 1, n - k))
+    return lo, hi
+
+
+def binomial_sf(k: int, n: int, p: float) -> float:
+    """``P(X >= k)`` for ``X ~ Binomial(n, p)``: the chance of ``k`` or more hits by guessing
+    (1.0 when ``n == 0`` or ``k == 0``)."""
+    from scipy.stats import binom
+
+    if n == 0 or k == 0:
+        return 1.0
+    return float(binom.sf(k - 1, n, p))
 
 
 def _relabellings(n_total: int, n_pos: int, n_perm: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
@@ -323,11 +388,8 @@ def difference_interval(
     x, y = _sample(a, "a"), _sample(b, "b")
     observed = float(x.mean() - y.mean())
     rng = np.random.default_rng(seed)
-    boot = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1) - y[
-        rng.integers(0, y.size, size=(n_boot, y.size))
-    ].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    boot_x = _resampled_means(x, n_boot, rng)  # x first, then y: the draws' order is fixed
+    lo, hi = percentile_interval(boot_x - _resampled_means(y, n_boot, rng), level)
     pooled = np.concatenate([x, y])
     idx, exact = _relabellings(pooled.size, x.size, n_perm, np.random.default_rng(seed + 1))
     total = pooled.sum()

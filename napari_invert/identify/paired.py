@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_invert.identify.intervals import Difference
+from napari_invert.identify.intervals import Difference, mean_interval
 
 
 def paired_difference_interval(
@@ -43,10 +43,7 @@ def paired_difference_interval(
         raise ValueError(f"level must lie in (0, 1), got {level}")
     d = x - y
     observed = float(d.mean())
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    lo, hi = mean_interval(d, n_boot=n_boot, seed=seed, level=level)
     if 2**d.size <= n_perm:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=d.size)))
         exact = True

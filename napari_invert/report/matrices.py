@@ -26,6 +26,7 @@ import numpy as np
 
 from napari_invert._io import atomic_path, write_json_atomic, write_text_atomic
 from napari_invert.errors import DataError
+from napari_invert.identify.intervals import binomial_sf
 from napari_invert.report.summary import ExperimentEvaluation, finite_mean, finite_sd
 from napari_invert.report.tables import METRICS, higher_is_better
 from napari_invert.study.results import StudyResults
@@ -164,7 +165,7 @@ def identification(
         "mean_rank": float(np.mean(ranks)) if n else float("nan"),
         "median_rank": float(np.median(ranks)) if n else float("nan"),
         "chance_top1": 1.0 / candidates_per_row if candidates_per_row else float("nan"),
-        "p_value_top1": _binomial_sf(top1, n, 1.0 / max(candidates_per_row, 1)),
+        "p_value_top1": binomial_sf(top1, n, 1.0 / max(candidates_per_row, 1)),
         "true_mean": finite_mean(finite_true),
         "true_sd": finite_sd(finite_true),
         "other_mean": finite_mean(others),
@@ -174,15 +175,6 @@ def identification(
         "rank_histogram": [int(c) for c in np.bincount(ranks - 1, minlength=candidates_per_row)],
         "higher_is_better": higher,
     }
-
-
-def _binomial_sf(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p): chance of k or more top-1 hits by guessing."""
-    from scipy.stats import binom
-
-    if n == 0 or k == 0:
-        return 1.0
-    return float(binom.sf(k - 1, n, p))
 
 
 def load_variant(results: StudyResults, variant: str, region: str = "mask") -> VariantData:
