@@ -319,3 +319,25 @@ def test_grid_screenshot_and_shortcuts(make_napari_viewer, qtbot, evaluated_dir:
     qtbot.keyClick(canvas, Qt.Key_PageUp)
     qtbot.waitUntil(lambda: not compare.busy and compare.current_view.ref_subject == ids[0], timeout=WAIT_MS)
     assert viewer.dims.ndisplay == ndisplay and len(managed(viewer, "ssim")) == 2
+
+
+def test_recon_labels_name_the_victim() -> None:
+    """``segnet@untrained`` is listed as "SegNet — untrained victim (control)", a defended
+    victim by its condition, a plugin decoder keeps its note."""
+    from napari_invert.study.results import Experiment
+    from napari_invert.threat_models import ArchKey, arch_title
+    from napari_invert.widgets._plugin_results import PluginExperiment
+    from napari_invert.widgets._recon_list import recon_label
+
+    assert arch_title("segnet@untrained") == "SegNet — untrained victim (control)"
+    assert arch_title("unet") == "U-Net"
+    assert arch_title("user@untrained") == "user — untrained victim (control)"
+    assert ArchKey.parse("unet@noise-0.5").title == "U-Net — noise-0.5 victim"
+    control = Experiment("skull_stripped", "segnet@untrained", "bottleneck+indices")
+    assert recon_label(control) == "SegNet — untrained victim (control), bottleneck+indices (skull_stripped)"
+    trained = Experiment("skull_stripped", "unet", "bottleneck+skips")
+    assert recon_label(trained) == "U-Net bottleneck+skips (skull_stripped)"
+    plugin = PluginExperiment("skull_stripped", "unet@untrained", "bottleneck+skips")
+    assert recon_label(plugin) == (
+        "U-Net — untrained victim (control), bottleneck+skips (plugin decoder, skull_stripped)"
+    )

@@ -403,24 +403,3 @@ def test_compare_widget_titles_scores_with_threat_model_and_names_the_control(
     assert f"U-Net — untrained victim (control), {TAP} ({VARIANT})" in items, items
     assert f"U-Net {TAP} ({VARIANT})" in items and not any("@" in i for i in items), items
     assert any(h.startswith("U-Net — untrained victim (control)") for h in headers), headers
-
-
-def test_recon_labels_name_the_victim() -> None:
-    """``segnet@untrained`` is listed as "SegNet — untrained victim (control)", a defended
-    victim by its condition, a plugin decoder keeps its note."""
-    from napari_invert.study.results import Experiment
-    from napari_invert.threat_models import ArchKey, arch_title
-    from napari_invert.widgets._plugin_results import PluginExperiment
-    from napari_invert.widgets._recon_list import recon_label
-
-    assert arch_title("segnet@untrained") == "SegNet — untrained victim (control)"
-    assert arch_title("unet") == "U-Net"
-    assert arch_title("user@untrained") == "user — untrained victim (control)"
-    assert ArchKey.parse("unet@noise-0.5").title == "U-Net — noise-0.5 victim"
-    control = Experiment(VARIANT, "segnet@untrained", "bottleneck+indices")
-    assert recon_label(control) == "SegNet — untrained victim (control), bottleneck+indices (skull_stripped)"
-    assert recon_label(Experiment(VARIANT, "unet", TAP)) == "U-Net bottleneck+skips (skull_stripped)"
-    plugin = PluginExperiment(VARIANT, "unet@untrained", TAP)
-    assert recon_label(plugin) == (
-        "U-Net — untrained victim (control), bottleneck+skips (plugin decoder, skull_stripped)"
-    )
