@@ -38,6 +38,7 @@ from napari_invert.errors import DataError
 from napari_invert.identify import intervals
 from napari_invert.identify.paired import paired_difference_interval
 from napari_invert.study.layout import StudyFolder
+from napari_invert.threat_models import ARCH_NAMES
 
 #: resamples of every bootstrap interval
 N_BOOT = 2000
@@ -48,7 +49,7 @@ MAX_DICE_COST = 0.02
 #: below this reference Dice the verdict warns that the victim barely segments
 LOW_UTILITY = 0.1
 
-ARCH_LABELS = {"unet": "U-Net", "segnet": "SegNet"}
+ARCH_LABELS = ARCH_NAMES  # display names of the architectures
 
 #: privacy measures on the frontier: (attribute, axis label, threat model, chance value)
 MEASURES: tuple[tuple[str, str, str], ...] = (

@@ -37,10 +37,10 @@ from napari_invert.identify.paired import paired_difference_interval
 from napari_invert.identify.reid import rank_true
 from napari_invert.study.results import StudyResults
 from napari_invert.tap_names import beyond_paper
-from napari_invert.threat_models import FEATURE_INVERSION, ArchKey
+from napari_invert.threat_models import ARCH_NAMES, FEATURE_INVERSION, ArchKey
 
 ROLES = ("member", "nonmember")
-_ARCH_LABEL = {"unet": "U-Net", "segnet": "SegNet"}
+_ARCH_LABEL = ARCH_NAMES
 
 
 @dataclass

@@ -38,6 +38,7 @@ from napari_invert.report.tables import (
     mean_sd,
 )
 from napari_invert.study.results import Experiment, StudyResults
+from napari_invert.threat_models import ARCH_NAMES
 
 if TYPE_CHECKING:
     from napari_invert.report.html import ReportContext, Section
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 #: less than this (absolute Dice).
 BARELY_SEGMENTS_MARGIN = 0.1
 
-_ARCH = {"unet": "U-Net", "segnet": "SegNet"}
+_ARCH = ARCH_NAMES
 
 
 @dataclass

@@ -20,6 +20,7 @@ import numpy as np
 
 from napari_invert._io import atomic_path
 from napari_invert.study.layout import tap_from_slug
+from napari_invert.threat_models import ARCH_NAMES
 
 #: Default resolution of saved figures (dots per inch).
 DPI = 110
@@ -316,7 +317,7 @@ class FigureFile:
     section: str
 
 
-_ARCH = {"unet": "U-Net", "segnet": "SegNet"}
+_ARCH = ARCH_NAMES
 _VARIANT = {"skull_stripped": ("Figure 5", "skull-stripped"), "full_head": ("Figure 6", "with skull")}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from napari_invert.report.summary import ExperimentEvaluation
 from napari_invert.report.tables import gain_of, metric_label
-from napari_invert.threat_models import FEATURE_INVERSION
+from napari_invert.threat_models import ARCH_NAMES, FEATURE_INVERSION
 
 
 def verdicts(evaluations: list[ExperimentEvaluation], preferred: str) -> list[str]:
@@ -26,7 +26,7 @@ def verdicts(evaluations: list[ExperimentEvaluation], preferred: str) -> list[st
         true = ev.true_values(metric)
         prior = ev.prior_values[metric]
         gain = np.array([gain_of(metric, a, b) for a, b in zip(true, prior)])
-        arch = {"unet": "U-Net", "segnet": "SegNet"}.get(ev.experiment.arch, ev.experiment.arch)
+        arch = ARCH_NAMES.get(ev.experiment.arch, ev.experiment.arch)
         text = (
             f"[{FEATURE_INVERSION}] {arch} {ev.experiment.tap} ({ev.experiment.variant}): "
             f"{d['top1']}/{d['n_queries']} private "

@@ -32,6 +32,7 @@ import numpy as np
 from napari_invert._io import read_json
 from napari_invert.errors import DataError
 from napari_invert.study.layout import StudyFolder, tap_from_slug, tap_slug
+from napari_invert.threat_models import ARCH_NAMES
 
 
 @dataclass(frozen=True, order=True)
@@ -45,7 +46,7 @@ class Experiment:
     @property
     def label(self) -> str:
         """Human-readable name, e.g. ``U-Net bottleneck+skips (skull_stripped)``."""
-        arch = {"unet": "U-Net", "segnet": "SegNet"}.get(self.arch, self.arch)
+        arch = ARCH_NAMES.get(self.arch, self.arch)
         return f"{arch} {self.tap} ({self.variant})"
 
 
