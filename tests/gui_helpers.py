@@ -19,6 +19,7 @@ from study_fixtures import make_synthetic_study
 from napari_invert._io import write_json_atomic, write_text_atomic
 from napari_invert.config import dump_config, load_config
 from napari_invert.data.nifti import save_nifti
+from napari_invert.report.tables import METRICS_CSV_COLUMNS
 from napari_invert.study.layout import StudyFolder, tap_slug
 from napari_invert.study.results import Experiment, StudyResults
 
@@ -28,19 +29,6 @@ GUI_EXPERIMENTS: dict[tuple[str, str], tuple[float, float]] = {
     ("segnet", "bottleneck+indices"): (1.2, 0.06),
 }
 GUI_SHAPE = (16, 20, 16)  # divisible by 2**levels = 4; every axis >= 11 for windowed SSIM
-
-METRICS_COLUMNS = (
-    "subject_id",
-    "fold",
-    "variant",
-    "arch",
-    "tap",
-    "metric",
-    "value",
-    "prior_value",
-    "gain",
-    "rank",
-)
 
 
 def fake_value(metric: str, subject_index: int, experiment_index: int) -> float:
@@ -100,7 +88,7 @@ def write_fake_evaluation(root: Path) -> None:
     experiments = results.experiments()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(METRICS_COLUMNS)
+    writer.writerow(METRICS_CSV_COLUMNS)  # the layout evaluate_study writes
     rng = np.random.default_rng(1)
     for e_index, exp in enumerate(experiments):
         for s_index, sid in enumerate(ids):

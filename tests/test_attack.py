@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from monai.networks.nets import BasicUNet, UNet
+from tiny_inputs import blobs
 from torch import nn
 
 from napari_invert.attack import (
@@ -30,23 +31,6 @@ from napari_invert.models import build_segmenter
 from napari_invert.models.validation import split_validation
 
 CPU = torch.device("cpu")
-
-
-
-
-def blobs(n: int, size: int = 16, seed: int = 0) -> list[np.ndarray]:
-    """Smooth synthetic "heads": an ellipsoid of random place/size/contrast with a bright core."""
-    rng = np.random.default_rng(seed)
-    axis = np.linspace(-1, 1, size, dtype=np.float32)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"))
-    out = []
-    for _ in range(n):
-        centre = rng.uniform(-0.3, 0.3, 3).astype(np.float32)[:, None, None, None]
-        radii = rng.uniform(0.4, 0.8, 3).astype(np.float32)[:, None, None, None]
-        r = np.sqrt((((grid - centre) / radii) ** 2).sum(0))
-        img = rng.uniform(0.3, 0.6) * (r < 1) + rng.uniform(0.2, 0.5) * (r < 0.5)
-        out.append((img + rng.normal(0, 0.02, img.shape)).astype(np.float32))
-    return out
 
 
 def victim(arch: str, levels: int = 2, seed: int = 0) -> torch.nn.Module:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import demo_cohort_for, with_cohort
 
 from napari_invert._io import read_json, write_json_atomic
 from napari_invert.attack import make_tapper
@@ -45,18 +46,11 @@ CONTROLS = {
 
 @pytest.fixture(scope="module")
 def cohort_dir(tmp_path_factory) -> Path:
-    from napari_invert.data.demo import make_demo_cohort
-
-    return make_demo_cohort(
-        tmp_path_factory.mktemp("cohort"), n_subjects=9, seed=5, voxel_mm=8.0, progress=False
-    )
+    return demo_cohort_for(CONTROLS, tmp_path_factory.mktemp("cohort"))
 
 
 def _config(cohort_dir: Path, **changes):
-    data = copy.deepcopy(CONTROLS)
-    data["cohort"]["path"] = str(cohort_dir)
-    data.update(changes)
-    return parse_config(data)
+    return parse_config(with_cohort(CONTROLS, cohort_dir, **changes))
 
 
 @pytest.fixture(scope="module")

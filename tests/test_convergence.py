@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny_inputs import blobs
 
 from napari_invert.attack import InversionDecoder, make_tapper, train_inversion_decoder
 from napari_invert.cli import main
@@ -250,21 +251,6 @@ def test_resume_with_validation_matches_uninterrupted_run(tmp_path: Path) -> Non
     again = tiny()
     train_segmenter(again, images, labels, cfg, CPU, stem, progress=False)
     assert all(torch.equal(v, ref_model.state_dict()[k]) for k, v in again.state_dict().items())
-
-
-def blobs(n: int, size: int = 16, seed: int = 0) -> list[np.ndarray]:
-    """Ellipsoids of random place, size and contrast (the attacker's mean image is a poor guess)."""
-    rng = np.random.default_rng(seed)
-    axis = np.linspace(-1, 1, size, dtype=np.float32)
-    grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"))
-    out = []
-    for _ in range(n):
-        centre = rng.uniform(-0.3, 0.3, 3).astype(np.float32)[:, None, None, None]
-        radii = rng.uniform(0.4, 0.8, 3).astype(np.float32)[:, None, None, None]
-        r = np.sqrt((((grid - centre) / radii) ** 2).sum(0))
-        img = rng.uniform(0.3, 0.6) * (r < 1) + rng.uniform(0.2, 0.5) * (r < 0.5)
-        out.append((img + rng.normal(0, 0.02, img.shape)).astype(np.float32))
-    return out
 
 
 def test_decoder_validation_on_attack_subjects(tmp_path: Path) -> None:

@@ -4,12 +4,12 @@ sequential run; an interrupted Ray run resumes; units and configs are validated.
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from tiny_inputs import TINY_STUDY, demo_cohort_for, with_cohort
 
 from napari_invert.config import parse_config
 from napari_invert.errors import ConfigError
@@ -18,39 +18,16 @@ from napari_invert.execution.study import study_units
 from napari_invert.study.layout import StudyFolder
 from napari_invert.study.runner import StudyRunner, run_study_parallel
 
-TINY = {
-    "name": "tiny",
-    "cohort": {"kind": "demo", "n_subjects": 6, "seed": 3, "demo_voxel_mm": 8.0},
-    "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
-    "folds": 2,
-    "holdout": 0,  # 6 subjects: no room for held-out non-members (tests/test_controls.py has them)
-    "controls": {"untrained_victim": False},
-    "segmenter": {"architectures": ["unet", "segnet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
-    "segmenter_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
-    "attack": {
-        "taps": {"unet": ["bottleneck+skips"], "segnet": ["bottleneck+indices"]},
-        "decoder_base_filters": 4,
-        "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "augment": False},
-    },
-    "device": "cpu",
-    "num_threads": 1,
-}
+TINY = {**TINY_STUDY, "num_threads": 1}
 
 
 @pytest.fixture(scope="module")
 def demo_cohort(tmp_path_factory) -> Path:
-    from napari_invert.data.demo import make_demo_cohort
-
-    return make_demo_cohort(
-        tmp_path_factory.mktemp("cohort"), n_subjects=6, seed=3, voxel_mm=8.0, progress=False
-    )
+    return demo_cohort_for(TINY, tmp_path_factory.mktemp("cohort"))
 
 
 def _data(demo_cohort: Path, **changes) -> dict:
-    data = copy.deepcopy(TINY)
-    data["cohort"]["path"] = str(demo_cohort)
-    data.update(changes)
-    return data
+    return with_cohort(TINY, demo_cohort, **changes)
 
 
 @pytest.fixture(scope="module")

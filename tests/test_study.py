@@ -3,12 +3,12 @@ data boundary, interrupt-and-resume, and refusal to mix configurations."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from tiny_inputs import TINY_STUDY, demo_cohort_for, with_cohort
 
 from napari_invert._io import read_json
 from napari_invert.config import parse_config
@@ -17,22 +17,7 @@ from napari_invert.models import Cancelled
 from napari_invert.study.layout import StudyFolder
 from napari_invert.study.runner import StudyRunner
 
-TINY = {
-    "name": "tiny",
-    "cohort": {"kind": "demo", "n_subjects": 6, "seed": 3, "demo_voxel_mm": 8.0},
-    "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
-    "folds": 2,
-    "holdout": 0,  # 6 subjects: no room for held-out non-members (tests/test_controls.py has them)
-    "controls": {"untrained_victim": False},
-    "segmenter": {"architectures": ["unet", "segnet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
-    "segmenter_training": {"steps": 4, "batch_size": 2, "checkpoint_every": 2},
-    "attack": {
-        "taps": {"unet": ["bottleneck+skips"], "segnet": ["bottleneck+indices"]},
-        "decoder_base_filters": 4,
-        "train": {"steps": 4, "batch_size": 2, "checkpoint_every": 2, "augment": False},
-    },
-    "device": "cpu",
-}
+TINY = TINY_STUDY
 
 
 def _artifacts(root: Path) -> set[str]:
@@ -46,19 +31,11 @@ def _artifacts(root: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def demo_cohort(tmp_path_factory) -> Path:
-    from napari_invert.data.demo import make_demo_cohort
-
-    return make_demo_cohort(
-        tmp_path_factory.mktemp("cohort"), n_subjects=6, seed=3, voxel_mm=8.0, progress=False
-    )
+    return demo_cohort_for(TINY, tmp_path_factory.mktemp("cohort"))
 
 
 def _config(demo_cohort: Path, **changes):
-    data = copy.deepcopy(TINY)
-    data["cohort"]["path"] = str(demo_cohort)
-    for key, value in changes.items():
-        data[key] = value
-    return parse_config(data)
+    return parse_config(with_cohort(TINY, demo_cohort, **changes))
 
 
 def test_interrupt_and_resume_gives_the_same_artifacts(tmp_path, demo_cohort):
