@@ -1,6 +1,9 @@
 """Helpers shared by the report test modules (``tests/test_report_*.py``).
 
-The evaluated study those modules share is the ``report_study`` fixture of ``conftest.py``
+Real computation throughout (no mocks of the metrics): the synthetic studies of
+:mod:`study_fixtures` have known answers (perfect reconstructions, reconstructions equal to
+the prior, blurred + noisy reconstructions that are re-identifiable). The evaluated study
+those modules share is the ``report_study`` fixture of ``conftest.py``
 (built once per test session by :func:`make_report_study`).
 """
 

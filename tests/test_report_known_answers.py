@@ -1,10 +1,5 @@
-"""Report known answers: perfect and prior reconstructions, Dice and its trivial baseline, deformation.
-
-Real computation throughout (no mocks of the metrics): the synthetic studies of
-:mod:`study_fixtures` have known answers (perfect reconstructions, reconstructions equal to
-the prior, blurred + noisy reconstructions that are re-identifiable). The shared evaluated
-study is the ``report_study`` fixture (``conftest.py``, built by ``report_helpers``).
-"""
+"""Report known answers: perfect and prior reconstructions, Dice and its trivial baseline,
+deformation (real computation; see ``report_helpers``)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""Report in native space (evaluation.space = native): scores on the source cohort's grid.
-
-Real computation throughout (no mocks of the metrics): the synthetic studies of
-:mod:`study_fixtures` have known answers (perfect reconstructions, reconstructions equal to
-the prior, blurred + noisy reconstructions that are re-identifiable). The shared evaluated
-study is the ``report_study`` fixture (``conftest.py``, built by ``report_helpers``).
-"""
+"""Report in native space (evaluation.space = native): scores on the source cohort's grid
+(known answers, real computation; see ``report_helpers``)."""
 
 from __future__ import annotations
 

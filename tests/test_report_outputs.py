@@ -1,10 +1,5 @@
-"""Report outputs: the files evaluate_study writes, report.html, the evaluation/ layout, robustness.
-
-Real computation throughout (no mocks of the metrics): the synthetic studies of
-:mod:`study_fixtures` have known answers (perfect reconstructions, reconstructions equal to
-the prior, blurred + noisy reconstructions that are re-identifiable). The shared evaluated
-study is the ``report_study`` fixture (``conftest.py``, built by ``report_helpers``).
-"""
+"""Report outputs: the files evaluate_study writes, report.html, the evaluation/ layout,
+robustness (known answers, real computation; see ``report_helpers``)."""
 
 from __future__ import annotations
 

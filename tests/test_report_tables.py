@@ -1,10 +1,5 @@
-"""Report tables: metrics.csv, Tables 1-3, the prior gain, the ranking rules and the deformation labels.
-
-Real computation throughout (no mocks of the metrics): the synthetic studies of
-:mod:`study_fixtures` have known answers (perfect reconstructions, reconstructions equal to
-the prior, blurred + noisy reconstructions that are re-identifiable). The shared evaluated
-study is the ``report_study`` fixture (``conftest.py``, built by ``report_helpers``).
-"""
+"""Report tables: metrics.csv, Tables 1-3, the prior gain, the ranking rules, the deformation
+labels (known answers, real computation; see ``report_helpers``)."""
 
 from __future__ import annotations
 
@@ -59,6 +54,12 @@ def test_correlation_is_pearson_in_candidate_mask(report_study: tuple[Path, obje
     assert sim[2, 4] == pytest.approx(expected, abs=1e-6)
 
 
+def _rows_of_experiment(rows: list[dict[str, str]], line: dict[str, str]) -> list[dict[str, str]]:
+    """The metrics.csv rows of the experiment (variant, arch, tap) a table line describes."""
+    key = (line["variant"], line["arch"], line["tap"])
+    return [r for r in rows if (r["variant"], r["arch"], r["tap"]) == key]
+
+
 def test_table1_and_table3_match_metrics_csv(report_study: tuple[Path, object]) -> None:
     root, _ = report_study
     rows = read_csv(root / "evaluation" / "metrics.csv")
@@ -66,11 +67,7 @@ def test_table1_and_table3_match_metrics_csv(report_study: tuple[Path, object]) 
     t3 = read_csv(root / "evaluation" / "tables" / "table3.csv")
     assert len(t1) == len(t3) == len(EXPERIMENTS)
     for line in t1:
-        mine = [
-            r
-            for r in rows
-            if (r["variant"], r["arch"], r["tap"]) == (line["variant"], line["arch"], line["tap"])
-        ]
+        mine = _rows_of_experiment(rows, line)
         for metric in SIM_METRICS:
             values = np.array([float(r["value"]) for r in mine if r["metric"] == metric])
             priors = np.array([float(r["prior_value"]) for r in mine if r["metric"] == metric])
@@ -79,11 +76,7 @@ def test_table1_and_table3_match_metrics_csv(report_study: tuple[Path, object]) 
             assert float(line[f"{metric}_prior_mean"]) == pytest.approx(priors.mean())
         assert int(line["n"]) == N_SUBJECTS
     for line in t3:
-        mine = [
-            r
-            for r in rows
-            if (r["variant"], r["arch"], r["tap"]) == (line["variant"], line["arch"], line["tap"])
-        ]
+        mine = _rows_of_experiment(rows, line)
         for metric in SIM_METRICS:
             ranks = np.array([int(r["rank"]) for r in mine if r["metric"] == metric])
             assert int(line[f"{metric}_top1"]) == int(np.sum(ranks == 1))
