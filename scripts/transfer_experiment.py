@@ -30,7 +30,7 @@ def main() -> None:
     from napari_invert.data.cohort import Cohort
     from napari_invert.data.prepare import prepare_cohort
     from napari_invert.models import build_segmenter, predict, train_segmenter
-    from napari_invert.models.validation import mean_foreground_dice
+    from napari_invert.models.validation import majority_label_map, mean_foreground_dice
     from napari_invert.study.splits import make_splits
 
     ap = argparse.ArgumentParser()
@@ -119,6 +119,8 @@ def main() -> None:
             record = json.loads(rec.read_text())
             preds = [predict(model, s.image, "cpu") for s in unseen]
             unseen_dice = mean_foreground_dice(preds, [s.labels for s in unseen], n_classes)
+            prior = majority_label_map([private[i].labels for i in record["trained_on"]])
+            unseen_prior = mean_foreground_dice([prior] * len(unseen), [s.labels for s in unseen], n_classes)
             print(
                 json.dumps(
                     {
@@ -130,6 +132,9 @@ def main() -> None:
                         "best_val_dice": round(record["best_score"] or float("nan"), 4),
                         "baseline": round(record["baseline_score"], 4),
                         "unseen_dice": round(unseen_dice, 4),
+                        "unseen_baseline": round(unseen_prior, 4),
+                        "n_validation": len(record["validated_on"]),
+                        "n_unseen": len(unseen),
                         "steps": record["steps_run"],
                         "best_step": record["best_step"],
                         "stop": record["stop_reason"],
