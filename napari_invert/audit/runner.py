@@ -243,6 +243,8 @@ class AuditRunner:
                 self.folder,
                 cfg,
                 control=dict(victims).get(CONTROL_ARCH),
+                device=device,
+                progress=self.progress,
             )
             if roles.trained_on is not None
             else {
