@@ -38,6 +38,9 @@ class AuditModel:
     trained_on: list[str] | None = None
     attack: list[str] | None = None
     attack_note: str = ""
+    config: Any = None  # the whole AuditConfig when the YAML is one (cohort, preprocessing, subjects)
+    config_note: str = ""  # why ``config`` is None
+    cohort_dir: Path | None = None  # the Study widget's cohort folder, if one was chosen
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -144,4 +147,29 @@ def load_audit_model(
     adapter = model_adapter_from_dict(data, base=base)
     discovery = discover_taps(adapter)
     trained_on, attack, note = default_attack(data, base, cohort_subject_ids(cohort_dir))
-    return AuditModel(path, adapter, discovery, tap_choices(discovery), trained_on, attack, note)
+    no_config = (None, "a model file, no config")
+    config, config_note = _full_config(data, path, base) if kind is None else no_config
+    return AuditModel(
+        path,
+        adapter,
+        discovery,
+        tap_choices(discovery),
+        trained_on,
+        attack,
+        note,
+        config=config,
+        config_note=config_note,
+        cohort_dir=Path(cohort_dir) if cohort_dir else None,
+    )
+
+
+def _full_config(data: dict[str, Any], path: Path, base: Path) -> tuple[Any, str]:
+    """``(AuditConfig, "")`` when the YAML is a whole audit config, else ``(None, why not)``."""
+    from napari_invert.audit_config import parse_audit_config
+
+    if "cohort" not in data:
+        return None, "the YAML has no cohort: block"
+    try:
+        return parse_audit_config(data, source=str(path), base=base), ""
+    except ConfigError as exc:
+        return None, str(exc)
