@@ -143,6 +143,7 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     box.discover_button.click()
     qtbot.waitUntil(lambda: not box.busy, timeout=WAIT_MS)
     assert box.model is not None, box.info.text()
+    assert "Attack set (3 of 6 cohort subjects, none in trained_on): T04, T05, T06" in box.info.text()
 
     # the Attack dock switched to the user's model: its taps, its subjects, its settings
     assert attack.arch_combo.currentText() == "user (your segmenter)"

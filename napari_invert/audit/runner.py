@@ -110,22 +110,9 @@ class AuditRunner:
         write_text_atomic(path, yaml.safe_dump(current, sort_keys=False))
 
     def _cohort(self):
-        from napari_invert.data.cohort import Cohort
+        from napari_invert.data.from_config import open_cohort
 
-        c = self.config.cohort
-        if c.kind == "demo":
-            from napari_invert.data.demo import make_demo_cohort
-
-            path = c.path or (self.folder.root / "demo_cohort")
-            make_demo_cohort(
-                path,
-                n_subjects=c.n_subjects or 40,
-                seed=c.seed,
-                voxel_mm=c.demo_voxel_mm,
-                progress=self.progress,
-            )
-            return Cohort.from_path(path, kind="folder"), path
-        return Cohort.from_path(c.path, kind=c.kind, n_subjects=c.n_subjects), c.path
+        return open_cohort(self.config.cohort, self.folder.root / "demo_cohort", self.progress)
 
     # -- the audit ---------------------------------------------------------------------------
     def run(self) -> StudyFolder:

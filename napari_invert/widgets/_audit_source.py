@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from napari_invert.errors import ConfigError, DataError
+from napari_invert.errors import ConfigError, DataError, NapariInvertError
 
 #: Role entries offered first in the chooser (each must resolve on the network).
 ROLE_ENTRIES = ("bottleneck+skips", "bottleneck", "skips")
@@ -146,9 +146,10 @@ def load_audit_model(
     base = path.parent.resolve()
     adapter = model_adapter_from_dict(data, base=base)
     discovery = discover_taps(adapter)
-    trained_on, attack, note = default_attack(data, base, cohort_subject_ids(cohort_dir))
     no_config = (None, "a model file, no config")
     config, config_note = _full_config(data, path, base) if kind is None else no_config
+    ids = cohort_subject_ids(cohort_dir) or _config_subject_ids(config)
+    trained_on, attack, note = default_attack(data, base, ids)
     return AuditModel(
         path,
         adapter,
@@ -161,6 +162,18 @@ def load_audit_model(
         config_note=config_note,
         cohort_dir=Path(cohort_dir) if cohort_dir else None,
     )
+
+
+def _config_subject_ids(config: Any) -> list[str] | None:
+    """Subject IDs of an audit config's own cohort (its layout only), else ``None``."""
+    if config is None:
+        return None
+    from napari_invert.audit.decoder import OwnModelCohort
+
+    try:
+        return OwnModelCohort.from_audit_config(config).subject_ids()
+    except (NapariInvertError, OSError, ValueError):
+        return None
 
 
 def _full_config(data: dict[str, Any], path: Path, base: Path) -> tuple[Any, str]:
