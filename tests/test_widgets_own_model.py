@@ -188,7 +188,7 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     assert sorted(run.recons) == TRAINED_ON + HOLDOUT
     assert (stem.parent / "recon" / "T01.nii.gz").is_file()
     names = [layer.name for layer in viewer.layers]
-    assert names[-2:] == ["T01 reconstruction (your segmenter, bottleneck)", "T01 original"]
+    assert names[:2] == ["T01 original", "T01 reconstruction (your segmenter, bottleneck)"]
     assert viewer.grid.enabled and viewer.layers["T01 original"].data.shape == (24, 24, 24)
 
     # a new Attack dock picks up the published model; clearing it in the Study dock switches back

@@ -260,16 +260,15 @@ class OwnModelAttack:
         show_info(f"napari-invert: {run.message}")
         viewer = w._viewer
         scale = run.spacing or (1.0, 1.0, 1.0)
-        # napari's grid fills cells from the top of the layer list: add the last pair first,
-        # the reconstruction before its original, so each row reads original | reconstruction
-        for sid in reversed(list(run.recons)[:SHOWN_PAIRS]):
+        # napari's grid fills its cells in layer order: one row per subject, original | reconstruction
+        for sid in list(run.recons)[:SHOWN_PAIRS]:
+            viewer.add_image(run.originals[sid], name=f"{sid} original", scale=scale, colormap="gray")
             viewer.add_image(
                 run.recons[sid],
                 name=f"{sid} reconstruction (your segmenter, {run.tap})",
                 scale=scale,
                 colormap="gray",
             )
-            viewer.add_image(run.originals[sid], name=f"{sid} original", scale=scale, colormap="gray")
         if run.recons:
             viewer.grid.enabled = True
             viewer.grid.stride = 1
