@@ -199,3 +199,31 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     box.discover_button.click()
     qtbot.waitUntil(lambda: not box.busy, timeout=WAIT_MS)
     assert not late._own.active and not late.train_button.isEnabled()
+
+
+def test_core_taps_a_torchscript_export_through_its_graph(audit_yaml: Path, tmp_path: Path) -> None:
+    """A model file alone (no config): the cohort folder with the default preprocessing; a
+    TorchScript export is tapped on its inlined graph (the adapter's GraphTapper)."""
+    from napari_invert.models.sources import model_adapter_from_dict
+
+    net = load_model_source(load_audit_config(audit_yaml).model).module
+    torch.jit.trace(net, torch.zeros(1, 1, 24, 24, 24)).save(str(tmp_path / "unet.ts"))
+    adapter = model_adapter_from_dict(
+        {"kind": "torchscript", "path": str(tmp_path / "unet.ts"), "input_size": [24, 24, 24]}
+    )
+    data = OwnModelCohort.from_folder(audit_yaml.parent / "cohort")
+    stem = decoder_stem(tmp_path / "unet.ts", "bottleneck")
+    run = train_own_decoder(
+        adapter,
+        "bottleneck",
+        data,
+        ATTACK,
+        ["T01"],
+        stem,
+        TrainConfig(steps=2, batch_size=1),
+        base_filters=2,
+        device="cpu",
+    )
+    assert run.layers == adapter.resolve_tap("bottleneck")[1] and run.layers[0].startswith("op")
+    shape = run.recons["T01"].shape
+    assert all(s % adapter.multiple_of == 0 for s in shape) and shape == run.originals["T01"].shape
