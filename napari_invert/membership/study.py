@@ -146,8 +146,9 @@ def membership_inputs(
     victim_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What a result depends on (compared when a result is found on disk), JSON-ready.
-    ``victim_spec``: the victim's description when it has no ``spec()`` (default
-    ``victim.spec()``); the fingerprint is of ``victim.module`` when it wraps one."""
+    ``victim_spec``: the description of a victim that has no ``spec()`` (default
+    ``victim.spec()``); such a victim's fingerprint is of ``victim.module`` when it wraps one
+    (e.g. the audit's ModelAdapter)."""
     doc = {
         "members": members,
         "nonmembers": nonmembers,
@@ -155,7 +156,9 @@ def membership_inputs(
         "membership_config": config.model_dump(mode="json"),
         "train_config": train_config.model_dump(mode="json"),
         "victim": victim.spec() if victim_spec is None else victim_spec,
-        "victim_weights_sha256": weights_fingerprint(getattr(victim, "module", victim)),
+        "victim_weights_sha256": weights_fingerprint(
+            victim if victim_spec is None else getattr(victim, "module", victim)
+        ),
     }
     return json.loads(json.dumps(doc, default=str))  # as it reads back from membership.json
 
