@@ -314,6 +314,12 @@ def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
         "them longer (segmenter_training.steps) before drawing conclusions from Dice. Feature-inversion "
         "results still hold (that attack works on untrained networks too); membership inference and the "
         "utility axis of the defences do not."
+        + (
+            " For an audited model ('user', trained outside napari-invert): check first that the audit's "
+            "preprocess: block (voxel_mm, normalisation, orientation) matches how it was trained."
+            if any(b.arch == "user" for b in weak)
+            else ""
+        )
     ]
 
 
