@@ -11,7 +11,8 @@ victim Dice, membership) sit beside ``config.yaml``.
 Threat model of the reconstructions: *feature inversion* (the attacker reads the encoder's
 outputs for a patient's scan). Whether a patient trained the model matters only for the
 *training-data leakage* threat (membership inference, via :mod:`.membership`; by default
-the threshold attacks of :mod:`.leakage`, written as the study's ``membership.json`` for
+the threshold attacks of :mod:`.leakage`, plus LiRA against shadow copies of the
+user's architecture with ``membership.lira``, written as the study's ``membership.json`` for
 architecture ``user``), reported only when ``trained_on`` is known and ``holdout`` given.
 
 Taps are read on whole volumes padded to the network's multiple (encoders are fully
