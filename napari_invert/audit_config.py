@@ -204,15 +204,25 @@ class AuditMembership(_Strict):
     """Membership inference in an audit (threat model "training-data leakage"), run when
     ``subjects.trained_on`` is known and ``subjects.holdout`` is not empty.
 
-    Only the threshold attacks: the likelihood-ratio attack (LiRA) needs shadow models
-    trained like the user's, and the audit has no training recipe for it. ``fpr``,
-    ``bootstrap``, ``permutations``, ``seed``: as in a study's ``membership:`` block.
+    ``attacks``: the threshold attacks (the user's model's own fit to each candidate).
+    ``lira: true`` adds the likelihood-ratio attacks (``lira_offline``, ``lira_global``):
+    ``n_shadows`` shadow copies of the user's architecture (rebuilt from the model source:
+    ``monai``, ``bundle``, ``nnunet``, ``entry_point``; not possible for ``torchscript``,
+    which then keeps the threshold attacks and says so) are trained with ``shadow_train``
+    (the recipe the user's model was trained with, as far as it is known: a white-box
+    attacker knows it) on random halves of the attacker's own subjects, and compared on
+    ``lira_signal``. ``fpr``, ``bootstrap``, ``permutations``, ``seed``: as in a study's
+    ``membership:`` block.
     """
 
     enabled: bool = True
     attacks: list[ThresholdAttack] = Field(
         default_factory=lambda: ["loss_threshold", "dice_threshold", "confidence_threshold"], min_length=1
     )
+    lira: bool = False
+    n_shadows: int = Field(default=4, ge=2)
+    lira_signal: Literal["loss", "dice", "confidence"] = "loss"
+    shadow_train: TrainConfig = Field(default_factory=TrainConfig)
     fpr: float = Field(default=0.05, gt=0, lt=1)
     bootstrap: int = Field(default=2000, ge=100)
     permutations: int = Field(default=2000, ge=100)

@@ -112,7 +112,7 @@ def test_audit_reports_membership_then_evaluate_prints_the_verdict(setup, tmp_pa
     path = folder.membership_json("skull_stripped", 0, "user")
     doc = json.loads(path.read_text())
     assert doc["threat_model"] == "training-data leakage"
-    assert doc["lira"].startswith("not available")
+    assert doc["lira"].startswith("not run: membership.lira is false")
     truth = {row["subject_id"]: row["member"] for row in doc["subjects"]}
     assert truth == {**dict.fromkeys(MEMBERS, True), **dict.fromkeys(HOLDOUT, False)}
     assert doc["inputs"]["attacker_subjects"] == ATTACK
@@ -125,7 +125,7 @@ def test_audit_reports_membership_then_evaluate_prints_the_verdict(setup, tmp_pa
     assert control["loss_threshold"]["auc"] < doc["attacks"]["loss_threshold"]["auc"]
     audit = json.loads((out / "audit.json").read_text())
     assert audit["membership"]["status"] == "done"
-    assert "LiRA" in audit["membership"]["verdict"] and "not available" in audit["membership"]["verdict"]
+    assert "Threshold attacks only; likelihood-ratio attack (LiRA) not run" in audit["membership"]["verdict"]
     print(
         "membership AUCs:",
         {k: round(v["auc"], 3) for k, v in doc["attacks"].items()},
@@ -143,7 +143,7 @@ def test_audit_reports_membership_then_evaluate_prints_the_verdict(setup, tmp_pa
     printed = capsys.readouterr().out
     line = next(v for v in printed.splitlines() if "[training-data leakage]" in v)
     assert "skull_stripped/user: membership inference AUC" in line
-    assert "LiRA" in line and "not available" in line
+    assert "LiRA" in line and "membership.lira is false" in line
     auc = float(line.split("membership inference AUC ")[1].split()[0])
     assert auc >= 0.9
     with capsys.disabled():

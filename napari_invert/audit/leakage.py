@@ -6,11 +6,14 @@ candidate scan with its labels, was it a training subject? Candidates: the membe
 (``trained_on`` subjects among the reconstructed targets) and the non-members
 (``holdout``); the truth only scores the attacks, never drives them.
 
-Only the threshold attacks run (``loss_threshold``, ``dice_threshold``,
-``confidence_threshold``: the user's model's own fit to each candidate). The
-likelihood-ratio attack (LiRA) needs shadow models trained like the victim, and the audit
-has no training recipe for the user's model. The control is the same architecture at its
-initialisation (``user@untrained``), scored the same way (expected AUC 0.5).
+It is the study's :func:`~napari_invert.membership.run_membership_inference` on the user's
+model: the threshold attacks (``loss_threshold``, ``dice_threshold``,
+``confidence_threshold``) always; with ``membership.lira: true`` also the likelihood-ratio
+attacks (``lira_offline``, ``lira_global``) against shadow copies of the user's
+architecture trained with ``membership.shadow_train`` on halves of the attacker's subjects
+(:mod:`.shadows`; not possible for TorchScript, which keeps the threshold attacks and says
+why). The control is the same architecture at its initialisation (``user@untrained``,
+the inversion's control), scored the same way (expected AUC 0.5).
 
 The result is written in the format of
 :func:`~napari_invert.membership.run_membership_inference` at
@@ -21,42 +24,49 @@ unchanged. A finished result is reused on a rerun with the same inputs.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 import numpy as np
 
-from napari_invert._io import read_json, write_json_atomic, write_text_atomic
 from napari_invert.config import MembershipConfig
-from napari_invert.errors import DataError
-from napari_invert.identify.intervals import difference_interval, fpr_support
-from napari_invert.membership.attacks import DESCRIPTIONS, run_attacks
-from napari_invert.membership.signals import SIGNALS, score_subjects
-from napari_invert.membership.study import (
-    FORMAT_VERSION,
-    QUESTION,
-    THREAT_MODEL,
-    _csv,
-    _summaries,
-    weights_fingerprint,
-)
+from napari_invert.membership.study import THREAT_MODEL, run_membership_inference
 
 log = logging.getLogger(__name__)
 
-LIRA_NOTE = "not available: the audit has no training recipe for the user's model"
+LIRA_OFF = "not run: membership.lira is false (set it to train shadow models of your architecture)"
 ARCH = "user"
 FOLD = 0
+SHADOW_DIR = "shadows"
 
 
-def membership_config(config: Any) -> MembershipConfig:
+def lira_plan(config: Any, adapter: Any) -> tuple[bool, str]:
+    """``(run LiRA?, note)``: whether shadows of the user's architecture are trained, and why
+    (not)."""
+    from napari_invert.audit.shadows import shadow_support
+
+    if not config.membership.lira:
+        return False, LIRA_OFF
+    why = shadow_support(adapter)
+    if why:
+        return False, why + "; threshold attacks only"
+    m = config.membership
+    return True, (
+        f"{m.n_shadows} shadow copies of the user's architecture trained with membership.shadow_train "
+        f"({m.shadow_train.steps} steps) on halves of the attacker's subjects"
+    )
+
+
+def membership_config(config: Any, lira: bool = False) -> MembershipConfig:
     """The study-format :class:`MembershipConfig` of an audit's ``membership:`` block
-    (threshold attacks only, no shadows, untrained control on)."""
+    (threshold attacks, plus ``lira_offline`` / ``lira_global`` with shadows when ``lira``;
+    untrained control on)."""
     m = config.membership
     return MembershipConfig(
         enabled=m.enabled,
-        n_shadows=0,
-        attacks=list(m.attacks),
+        n_shadows=m.n_shadows if lira else 0,
+        attacks=list(m.attacks) + (["lira_offline", "lira_global"] if lira else []),
+        lira_signal=m.lira_signal,
         fpr=m.fpr,
         bootstrap=m.bootstrap,
         permutations=m.permutations,
@@ -84,23 +94,6 @@ def _why_not(adapter: Any, subjects: list) -> str | None:
     return None
 
 
-def _inputs(cfg: MembershipConfig, adapter: Any, mem: list, non: list, att: list) -> dict[str, Any]:
-    try:
-        sha = weights_fingerprint(adapter.module)
-    except (AttributeError, RuntimeError, TypeError):  # pragma: no cover - exotic modules
-        sha = None
-    doc = {
-        "members": mem,
-        "nonmembers": non,
-        "attacker_subjects": att,
-        "membership_config": cfg.model_dump(mode="json"),
-        "train_config": None,
-        "victim": adapter.description,
-        "victim_weights_sha256": sha,
-    }
-    return json.loads(json.dumps(doc, default=str))  # as it reads back from membership.json
-
-
 def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     """The short form stored under ``membership`` in ``audit.json``, with a verdict line."""
     keep = ("auc", "auc_ci", "auc_p_value", "tpr_at_fpr")
@@ -110,6 +103,7 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
     }
     name, best = max(attacks.items(), key=lambda kv: kv[1]["auc"])
     lo, hi = best["auc_ci"]
+    lira = doc.get("lira", LIRA_OFF)
     verdict = (
         f"[{THREAT_MODEL}] membership inference AUC {best['auc']:.2f} [{lo:.2f}, {hi:.2f}] "
         f"({name}, p = {best['auc_p_value']:.2g}; {doc['n_members']} members vs "
@@ -120,14 +114,19 @@ def summarise(doc: dict[str, Any]) -> dict[str, Any]:
             if lo > 0.5
             else ". No clear evidence the weights reveal who trained them."
         )
-        + f" Threshold attacks only; likelihood-ratio attack (LiRA) {LIRA_NOTE}."
+        + (
+            f" Likelihood-ratio attack (LiRA): {lira}."
+            if doc.get("n_shadows")
+            else f" Threshold attacks only; likelihood-ratio attack (LiRA) {lira}."
+        )
     )
     return {
         "status": "done",
         "result": "membership.json (study format; pooled by napari-invert evaluate)",
         "attacks": attacks,
         "untrained_control_auc": control,
-        "lira": LIRA_NOTE,
+        "n_shadows": doc.get("n_shadows", 0),
+        "lira": lira,
         "verdict": verdict,
     }
 
@@ -140,121 +139,65 @@ def audit_membership(
     folder: Any,
     config: Any,
     control: Any = None,
+    device: Any = "cpu",
+    progress: bool = False,
+    on_step: Any = None,
+    should_stop: Any = None,
 ) -> dict[str, Any]:
-    """Threshold membership attacks on the user's model; writes ``membership.json``.
+    """Membership attacks on the user's model; writes ``membership.json``.
 
     ``adapter``: the user's :class:`~napari_invert.models.sources.ModelAdapter`;
     ``members`` / ``non_members`` / ``attacker``: prepared subjects (image, labels);
-    ``control``: the untrained control adapter (default: ``adapter.untrained(seed)``).
+    ``control``: the untrained control adapter (default: ``adapter.untrained(seed)``);
+    ``on_step(shadow, step, total, loss)`` / ``should_stop()``: shadow training.
     Returns :func:`summarise` of the result, or ``{"status": "not run: <why>"}``.
     """
-    cfg = membership_config(config)
-    if not cfg.enabled:
+    from napari_invert.audit.shadows import UserShadows
+
+    if not config.membership.enabled:
         return {"status": "not run: membership.enabled is false"}
     why = _why_not(adapter, list(members) + list(non_members))
     if why:
         log.warning(why)
         return {"status": why}
-    variant = config.variant
-    mem_ids = [s.subject_id for s in members]
-    non_ids = [s.subject_id for s in non_members]
-    att_ids = [s.subject_id for s in attacker]
-    inputs = _inputs(cfg, adapter, mem_ids, non_ids, att_ids)
-    json_path = folder.membership_json(variant, FOLD, ARCH)
-    if json_path.is_file():
-        done = read_json(json_path)
-        if done.get("inputs") == inputs and done.get("complete"):
-            return summarise(done)
-        raise DataError(
-            json_path, "membership result made with other subjects, settings or weights; choose a new --out"
+    lira, note = lira_plan(config, adapter)
+    if config.membership.lira and not lira:
+        log.warning("likelihood-ratio attack (LiRA) %s", note)
+    if lira and len(attacker) < 2:
+        lira, note = False, "not run: shadow training needs at least 2 attacker subjects"
+    cfg = membership_config(config, lira)
+
+    def untrained(_seed: int) -> tuple[Any, str | None]:
+        if control is not None:
+            return control, None
+        return adapter.untrained(config.controls.seed)
+
+    def train_fn(model, images, labels, train_config, dev, **kwargs):
+        from napari_invert.models import train_segmenter
+
+        return train_segmenter(
+            model, images, labels, train_config, dev, description="shadow of user model", **kwargs
         )
 
-    candidates = list(members) + list(non_members)
-    is_member = np.array([True] * len(members) + [False] * len(non_members))
-    signals = score_subjects(adapter, candidates)
-    attacks = run_attacks(signals, list(cfg.attacks), None, cfg.lira_signal, cfg.fpr)
-    results = _summaries(attacks, is_member, cfg)
-
-    if control is None:
-        control, reason = adapter.untrained(config.controls.seed)
-    else:
-        reason = None
-    controls: dict[str, Any] = {}
-    control_attacks: dict[str, Any] = {}
-    if control is not None:
-        control_signals = score_subjects(control, candidates)
-        control_attacks = run_attacks(control_signals, list(cfg.attacks), None, cfg.lira_signal, cfg.fpr)
-        controls["untrained_victim"] = {
-            "description": "the user's architecture at its initialisation ('user@untrained'), attacked "
-            "the same way; membership cannot be inferred from it, expected AUC 0.5",
-            "attacks": {
-                name: {k: v for k, v in res.items() if k in ("auc", "auc_ci", "auc_p_value", "tpr_at_fpr")}
-                for name, res in _summaries(control_attacks, is_member, cfg).items()
-            },
-        }
-    else:
-        controls["untrained_victim"] = {"description": f"unavailable: {reason}", "attacks": {}}
-
-    signal_differences = {
-        name: {
-            "lower_is_member": name == "loss",
-            "member_mean": float(signals.signal(name)[is_member].mean()),
-            "nonmember_mean": float(signals.signal(name)[~is_member].mean()),
-            "members_minus_nonmembers": difference_interval(
-                signals.signal(name)[is_member],
-                signals.signal(name)[~is_member],
-                n_boot=cfg.bootstrap,
-                n_perm=cfg.permutations,
-                seed=cfg.seed,
-            ).to_dict(),
-        }
-        for name in SIGNALS
-    }
-    rows: list[dict[str, Any]] = []
-    flat: list[dict[str, Any]] = []
-    for i, sid in enumerate(signals.subject_ids):
-        values = {name: float(signals.signal(name)[i]) for name in SIGNALS}
-        row: dict[str, Any] = {
-            "fold": FOLD,
-            "subject_id": sid,
-            "member": bool(is_member[i]),
-            **values,
-            "scores": {name: float(res["score"][i]) for name, res in attacks.items()},
-            "decisions": {name: None for name in attacks},  # no shadows: no calibrated threshold
-        }
-        f: dict[str, Any] = {"fold": FOLD, "subject_id": sid, "member": int(is_member[i]), **values}
-        for name in attacks:
-            f[f"{name}_score"] = row["scores"][name]
-        if control_attacks:
-            row["untrained_scores"] = {name: float(res["score"][i]) for name, res in control_attacks.items()}
-            for name in attacks:
-                f[f"untrained_{name}_score"] = row["untrained_scores"][name]
-        rows.append(row)
-        flat.append(f)
-
-    doc: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "threat_model": THREAT_MODEL,
-        "question": QUESTION,
-        "variant": variant,
-        "fold": FOLD,
-        "arch": ARCH,
-        "source": "napari-invert audit (the user's own model)",
-        "n_members": len(mem_ids),
-        "n_nonmembers": len(non_ids),
-        "n_attacker_subjects": len(att_ids),
-        "n_shadows": 0,
-        "lira": LIRA_NOTE,
-        "attack_descriptions": {n: DESCRIPTIONS[n] for n in attacks},
-        "support": fpr_support(len(mem_ids), len(non_ids), cfg.fpr),
-        "attacks": results,
-        "controls": controls,
-        "signals": signal_differences,
-        "subjects": rows,
-        "shadows": [],
-        "inputs": inputs,
-        "complete": True,
-    }
-    write_text_atomic(folder.membership_csv(variant, FOLD, ARCH), _csv(flat, list(flat[0])))
-    write_json_atomic(json_path, doc)
+    doc = run_membership_inference(
+        folder,
+        cfg,
+        variant=config.variant,
+        fold=FOLD,
+        arch=ARCH,
+        victim=adapter,
+        members=members,
+        nonmembers=non_members,
+        attacker_subjects=attacker,
+        train_config=config.membership.shadow_train,
+        device=device,
+        progress=progress,
+        train_fn=train_fn,
+        on_step=on_step,
+        should_stop=should_stop,
+        victim_spec=adapter.description,
+        shadow_factory=UserShadows(adapter) if lira else None,
+        untrained=untrained,
+        extra={"source": "napari-invert audit (the user's own model)", "lira": note},
+    )
     return summarise(doc)

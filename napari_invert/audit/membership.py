@@ -2,7 +2,8 @@
 
 The audit calls :func:`run_membership` once, after the inversion attacks, when the
 training subjects are known and at least one non-member exists. By default it runs the
-built-in threshold attacks (:func:`napari_invert.audit.leakage.audit_membership`, which
+built-in attacks (:func:`napari_invert.audit.leakage.audit_membership`: threshold attacks,
+and LiRA with shadow models when ``membership.lira`` is on), which
 writes the study-format ``membership.json`` that ``napari-invert evaluate`` pools). Another
 membership module may replace it with :func:`register_membership_attack`; the function it
 registers gets
@@ -36,10 +37,13 @@ def register_membership_attack(fn: MembershipAttack | None) -> None:
     _ATTACK = fn
 
 
-def run_membership(adapter, members, non_members, attacker, folder, config, control=None) -> dict[str, Any]:
+def run_membership(
+    adapter, members, non_members, attacker, folder, config, control=None, **builtin: Any
+) -> dict[str, Any]:
     """Run the registered (default: built-in) attack, or say why none ran
-    (training-data-leakage threat). ``control``: the untrained control adapter, passed
-    to the built-in attack only."""
+    (training-data-leakage threat). ``control`` (the untrained control adapter) and
+    ``builtin`` (``device``, ``progress``, ``on_step``, ``should_stop`` for shadow
+    training) are passed to the built-in attack only."""
     base = {
         "threat_model": "training-data leakage",
         "n_members": len(members),
@@ -58,6 +62,6 @@ def run_membership(adapter, members, non_members, attacker, folder, config, cont
     if _ATTACK is None:
         from napari_invert.audit.leakage import audit_membership
 
-        return {**base, **audit_membership(**kwargs, control=control)}
+        return {**base, **audit_membership(**kwargs, control=control, **builtin)}
     result = _ATTACK(**kwargs)
     return {**base, "status": "done", **(result or {})}

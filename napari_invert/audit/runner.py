@@ -11,7 +11,8 @@ victim Dice, membership) sit beside ``config.yaml``.
 Threat model of the reconstructions: *feature inversion* (the attacker reads the encoder's
 outputs for a patient's scan). Whether a patient trained the model matters only for the
 *training-data leakage* threat (membership inference, via :mod:`.membership`; by default
-the threshold attacks of :mod:`.leakage`, written as the study's ``membership.json`` for
+the threshold attacks of :mod:`.leakage`, plus LiRA against shadow copies of the
+user's architecture with ``membership.lira``, written as the study's ``membership.json`` for
 architecture ``user``), reported only when ``trained_on`` is known and ``holdout`` given.
 
 Taps are read on whole volumes padded to the network's multiple (encoders are fully
@@ -110,22 +111,9 @@ class AuditRunner:
         write_text_atomic(path, yaml.safe_dump(current, sort_keys=False))
 
     def _cohort(self):
-        from napari_invert.data.cohort import Cohort
+        from napari_invert.data.from_config import open_cohort
 
-        c = self.config.cohort
-        if c.kind == "demo":
-            from napari_invert.data.demo import make_demo_cohort
-
-            path = c.path or (self.folder.root / "demo_cohort")
-            make_demo_cohort(
-                path,
-                n_subjects=c.n_subjects or 40,
-                seed=c.seed,
-                voxel_mm=c.demo_voxel_mm,
-                progress=self.progress,
-            )
-            return Cohort.from_path(path, kind="folder"), path
-        return Cohort.from_path(c.path, kind=c.kind, n_subjects=c.n_subjects), c.path
+        return open_cohort(self.config.cohort, self.folder.root / "demo_cohort", self.progress)
 
     # -- the audit ---------------------------------------------------------------------------
     def run(self) -> StudyFolder:
@@ -243,6 +231,8 @@ class AuditRunner:
                 self.folder,
                 cfg,
                 control=dict(victims).get(CONTROL_ARCH),
+                device=device,
+                progress=self.progress,
             )
             if roles.trained_on is not None
             else {

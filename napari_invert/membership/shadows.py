@@ -23,10 +23,11 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from napari_invert.checkpoint import checkpoint_paths
 from napari_invert.config import TrainConfig
@@ -78,6 +79,44 @@ def _spec_of(template: Segmenter | dict[str, Any]) -> dict[str, Any]:
     return template.spec() if isinstance(template, Segmenter) else dict(template)
 
 
+class ShadowFactory(Protocol):
+    """How shadows of one architecture are built, saved and loaded.
+
+    ``spec()``: JSON description a saved shadow must match; ``build(seed)``: a freshly
+    initialised, trainable network (seeded) with ``spec()``, ``n_classes`` and
+    ``in_channels`` (what :func:`~napari_invert.models.train_segmenter` needs);
+    ``save(stem, model, meta)`` / ``load(stem, device) -> (model, meta)``: safetensors + JSON.
+    """
+
+    def spec(self) -> dict[str, Any]: ...
+
+    def build(self, seed: int) -> nn.Module: ...
+
+    def save(self, stem: Path, model: nn.Module, meta: dict[str, Any]) -> None: ...
+
+    def load(self, stem: Path, device: str | torch.device) -> tuple[nn.Module, dict[str, Any]]: ...
+
+
+class SegmenterShadows:
+    """The default :class:`ShadowFactory`: this project's segmenters, rebuilt from a spec."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self._spec = dict(spec)
+
+    def spec(self) -> dict[str, Any]:
+        return dict(self._spec)
+
+    def build(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return segmenter_from_spec(self._spec, "victim spec")
+
+    def save(self, stem: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+        save_segmenter(stem, model, meta)  # type: ignore[arg-type]
+
+    def load(self, stem: Path, device: str | torch.device) -> tuple[nn.Module, dict[str, Any]]:
+        return load_segmenter(stem, device)
+
+
 def shadow_seeds(seed: int, k: int) -> tuple[int, int]:
     """``(initialisation seed, training seed)`` of shadow ``k``."""
     init, train = np.random.default_rng([seed, k, 37]).integers(0, 2**31 - 1, size=2)
@@ -98,6 +137,7 @@ def train_shadows(
     progress: bool = False,
     on_step: Callable[[int, int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    factory: ShadowFactory | None = None,
 ) -> list[ShadowModel]:
     """Train (or load) ``n_shadows`` shadow segmenters on halves of ``attack_subjects``.
 
@@ -118,10 +158,14 @@ def train_shadows(
         Replaces :func:`~napari_invert.models.train_segmenter` (same signature).
     on_step
         ``on_step(k, step, total, loss)`` during shadow ``k``'s training.
+    factory
+        Builds, saves and loads the shadows (default: this project's segmenters from
+        ``template``'s spec; an audit passes one for the user's own architecture).
     """
     if stems is not None and len(stems) < n_shadows:
         raise ValueError(f"need {n_shadows} shadow stems, got {len(stems)}")
-    spec = _spec_of(template)
+    factory = factory or SegmenterShadows(_spec_of(template))
+    spec = factory.spec()
     assign = shadow_assignment(len(attack_subjects), n_shadows, seed)
     ids = [s.subject_id for s in attack_subjects]
     train = train_fn or train_segmenter
@@ -132,7 +176,7 @@ def train_shadows(
         init_seed, train_seed = shadow_seeds(seed, k)
         cfg = train_config.model_copy(update={"seed": train_seed})
         if stem is not None and checkpoint_paths(stem)[1].is_file():
-            model, meta = load_segmenter(stem, device)
+            model, meta = factory.load(stem, device)
             problem = None
             if list(meta.get("trained_on", [])) != trained_on:
                 problem = "was trained on other subjects than this split assigns"
@@ -144,8 +188,7 @@ def train_shadows(
                 )
             shadows.append(ShadowModel(k, model, assign[k].copy(), trained_on, stem))
             continue
-        torch.manual_seed(init_seed)
-        model = segmenter_from_spec(spec, "victim spec")
+        model = factory.build(init_seed)
         resume = stem.with_name(stem.name + "_resume") if stem is not None else None
         members = [attack_subjects[j] for j in np.flatnonzero(assign[k])]
         step_cb = None
@@ -165,7 +208,7 @@ def train_shadows(
         )
         model.eval()
         if stem is not None:
-            save_segmenter(
+            factory.save(
                 stem,
                 model,
                 {

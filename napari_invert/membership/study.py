@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,11 +32,14 @@ from napari_invert.config import MembershipConfig, TrainConfig
 from napari_invert.errors import DataError
 from napari_invert.identify.intervals import auc_summary, difference_interval, fpr_support
 from napari_invert.membership.attacks import LIRA_ATTACKS, ShadowSignals, run_attacks
-from napari_invert.membership.shadows import TrainFn, train_shadows
+from napari_invert.membership.shadows import ShadowFactory, TrainFn, train_shadows
 from napari_invert.membership.signals import SIGNALS, SignalScores, SubjectLike, score_subjects
 from napari_invert.models import segmenter_from_spec
 from napari_invert.models.base import Segmenter
 from napari_invert.study.layout import StudyFolder
+
+#: ``untrained(seed) -> (control network | None, reason | None)``: the untrained-victim control
+UntrainedFn = Callable[[int], tuple[Any, str | None]]
 
 THREAT_MODEL = "training-data leakage"
 QUESTION = "given the victim's weights and a candidate scan with its labels, was it a training subject?"
@@ -135,21 +139,28 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def membership_inputs(
     config: MembershipConfig,
     train_config: TrainConfig,
-    victim: Segmenter,
+    victim: Segmenter | Any,
     members: list[str],
     nonmembers: list[str],
     attacker: list[str],
+    victim_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a result depends on (compared when a result is found on disk)."""
-    return {
+    """What a result depends on (compared when a result is found on disk), JSON-ready.
+    ``victim_spec``: the description of a victim that has no ``spec()`` (default
+    ``victim.spec()``); such a victim's fingerprint is of ``victim.module`` when it wraps one
+    (e.g. the audit's ModelAdapter)."""
+    doc = {
         "members": members,
         "nonmembers": nonmembers,
         "attacker_subjects": attacker,
         "membership_config": config.model_dump(mode="json"),
         "train_config": train_config.model_dump(mode="json"),
-        "victim": victim.spec(),
-        "victim_weights_sha256": weights_fingerprint(victim),
+        "victim": victim.spec() if victim_spec is None else victim_spec,
+        "victim_weights_sha256": weights_fingerprint(
+            victim if victim_spec is None else getattr(victim, "module", victim)
+        ),
     }
+    return json.loads(json.dumps(doc, default=str))  # as it reads back from membership.json
 
 
 def run_membership_inference(
@@ -169,6 +180,10 @@ def run_membership_inference(
     train_fn: TrainFn | None = None,
     on_step: Callable[[int, int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    victim_spec: dict[str, Any] | None = None,
+    shadow_factory: ShadowFactory | None = None,
+    untrained: UntrainedFn | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Membership inference against ``victim`` for one fold; returns ``membership.json``'s content.
 
@@ -191,10 +206,16 @@ def run_membership_inference(
     train_fn, on_step, should_stop
         Passed to :func:`~napari_invert.membership.shadows.train_shadows`
         (``on_step(shadow, step, total, loss)``).
+    victim_spec, shadow_factory, untrained, extra
+        For a victim that is not one of this project's segmenters (an audit of the user's
+        own network): its JSON description (default ``victim.spec()``), how its shadows are
+        built (default: from ``victim.spec()``), ``untrained(seed) -> (control | None,
+        reason | None)`` for the untrained-victim control (default :func:`untrained_like`)
+        and keys added to the written document.
     """
     mem_ids, non_ids, att_ids = _ids(members), _ids(nonmembers), _ids(attacker_subjects)
     _check_groups(mem_ids, non_ids, att_ids)
-    inputs = membership_inputs(config, train_config, victim, mem_ids, non_ids, att_ids)
+    inputs = membership_inputs(config, train_config, victim, mem_ids, non_ids, att_ids, victim_spec)
     json_path = folder.membership_json(variant, fold, arch)
     if json_path.is_file():
         done = read_json(json_path)
@@ -230,6 +251,7 @@ def run_membership_inference(
             progress=progress,
             on_step=on_step,
             should_stop=should_stop,
+            factory=shadow_factory,
         )
     shadow_signals = _score_shadows(shadows, candidates, attacker_subjects, device) if shadows else None
     victim_signals = score_subjects(victim, candidates, device)
@@ -241,9 +263,16 @@ def run_membership_inference(
     controls: dict[str, Any] = {}
     control_attacks: dict[str, Any] = {}
     control_signals: SignalScores | None = None
+    control = None
     if config.untrained_control:
-        untrained = untrained_like(victim, seed + 999)
-        control_signals = score_subjects(untrained, candidates, device)
+        if untrained is None:
+            control, reason = untrained_like(victim, seed + 999), None
+        else:
+            control, reason = untrained(seed + 999)
+        if control is None:
+            controls["untrained_victim"] = {"description": f"unavailable: {reason}", "attacks": {}}
+    if control is not None:
+        control_signals = score_subjects(control, candidates, device)
         control_attacks = run_attacks(
             control_signals, list(config.attacks), shadow_signals, config.lira_signal, config.fpr
         )
@@ -319,6 +348,7 @@ def run_membership_inference(
         ],
         "inputs": inputs,
         "complete": True,
+        **(extra or {}),
     }
     if any(a in LIRA_ATTACKS for a in config.attacks) and shadow_signals is not None:
         doc["shadow_attacker_scores"] = {

@@ -168,9 +168,14 @@ def compute_dice(
     jobs = sorted({(e.experiment.variant, f, e.experiment.arch) for e in evaluations for f in e.row_folds})
     for variant, fold, arch in jobs:
         stem = folder.segmenter_stem(variant, fold, arch)
+        victim = None
         if not checkpoint_exists(stem):
-            missing_ckpt.append(str(stem.relative_to(folder.root)) + ".safetensors")
-            continue
+            from napari_invert.audit.victims import audit_victim
+
+            victim = audit_victim(folder.root, arch, device)  # an audit: the user's own model
+            if victim is None:
+                missing_ckpt.append(str(stem.relative_to(folder.root)) + ".safetensors")
+                continue
         vd = variants[variant]
         if variant not in label_cache:
             label_cache[variant] = {s: results.labels(variant, s) for s in vd.candidate_ids}
@@ -180,7 +185,7 @@ def compute_dice(
             continue
         from napari_invert.models import load_segmenter
 
-        model, meta = load_segmenter(stem, device)
+        model, meta = victim or load_segmenter(stem, device)
         n_classes = _n_classes(results, meta if isinstance(meta, dict) else {}, list(labels.values()))
         private = set(splits[fold]["private"])
         fold_ids = list(splits[fold]["private"]) + list(splits[fold]["attack"])
@@ -233,6 +238,9 @@ def compute_dice(
 
 def _segment(model: Any, image: np.ndarray, device: Any) -> np.ndarray:
     from napari_invert.models import predict
+
+    if callable(getattr(model, "segment", None)):  # an audit's ModelAdapter (sliding window if patch-trained)
+        return np.asarray(model.segment(np.asarray(image, dtype=np.float32)))
 
     return np.asarray(predict(model, np.asarray(image, dtype=np.float32), device))
 
@@ -307,6 +315,12 @@ def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
         "them longer (segmenter_training.steps) before drawing conclusions from Dice. Feature-inversion "
         "results still hold (that attack works on untrained networks too); membership inference and the "
         "utility axis of the defences do not."
+        + (
+            " For an audited model ('user', trained outside napari-invert): check first that the audit's "
+            "preprocess: block (voxel_mm, normalisation, orientation) matches how it was trained."
+            if any(b.arch == "user" for b in weak)
+            else ""
+        )
     ]
 
 

@@ -188,8 +188,13 @@ def membership_verdicts(pooled: dict[str, dict[str, Any]]) -> list[str]:
             if lo > 0.5
             else ". No clear evidence the weights reveal who trained them."
         )
-        if doc.get("lira"):
-            text += f" Threshold attacks only; likelihood-ratio attack (LiRA) {doc['lira']}."
+        if doc.get("lira"):  # an audit says whether (and how) shadows of the user's model were trained
+            shadows = any(doc.get("n_shadows") or [])
+            text += (
+                f" Likelihood-ratio attack (LiRA): {doc['lira']}."
+                if shadows
+                else f" Threshold attacks only; likelihood-ratio attack (LiRA) {doc['lira']}."
+            )
         out.append(text)
     return out
 

@@ -154,22 +154,9 @@ class StudyRunner:
         write_text_atomic(self.folder.config_path, dump_config(self.config))
 
     def _load_cohort(self):  # -> Cohort
-        from napari_invert.data.cohort import Cohort
+        from napari_invert.data.from_config import open_cohort
 
-        c = self.config.cohort
-        if c.kind == "demo":
-            from napari_invert.data.demo import make_demo_cohort
-
-            path = c.path or (self.folder.root / "demo_cohort")
-            make_demo_cohort(
-                path,
-                n_subjects=c.n_subjects or 40,
-                seed=c.seed,
-                voxel_mm=c.demo_voxel_mm,
-                progress=self.progress,
-            )
-            return Cohort.from_path(path, kind="folder")
-        return Cohort.from_path(c.path, kind=c.kind, n_subjects=c.n_subjects)
+        return open_cohort(self.config.cohort, self.folder.root / "demo_cohort", self.progress)[0]
 
     def _splits(self, subject_ids: list[str]) -> list[Fold]:
         holdout = resolve_holdout(self.config.holdout, len(subject_ids), self.config.folds)

@@ -14,6 +14,10 @@ With a cohort + segmenter checkpoint (chosen in the Study widget) the cohort is
 preprocessed for the segmenter, the decoder is saved next to the checkpoint, and the
 attack set defaults to the subjects the checkpoint was NOT trained on (its
 ``trained_on``); an attack set that overlaps ``trained_on`` is refused.
+
+With the user's own segmenter (published by the Study widget's own-segmenter box on
+``SessionState.audit_model_changed``) the dock attacks that model instead
+(:mod:`._attack_own`: its discovered taps, its audit config's preprocessing and subjects).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from napari_invert.widgets._attack_jobs import (
     reconstruct_job,
     train_decoder_job,
 )
+from napari_invert.widgets._attack_own import OwnModelAttack
 from napari_invert.widgets._attack_ui import build_attack_ui
 from napari_invert.widgets._plugin_results import PluginExperiment
 from napari_invert.widgets._state import CohortSession, session_for
@@ -80,11 +85,15 @@ class AttackWidget(QWidget):
         self._relay: ProgressRelay | None = None
         self.last_outcome: AttackOutcome | None = None
         self._loaded_stem: Path | None = None
+        self._own = OwnModelAttack(self)
         self._build_ui()
         self._session.study_changed.connect(self._on_study_changed)
         self._session.cohort_changed.connect(self._on_cohort_changed)
+        self._session.audit_model_changed.connect(self._on_audit_model)
         if self._session.study is not None:
             self._on_study_changed(self._session.study)
+        elif self._session.audit_model is not None:
+            self._on_audit_model(self._session.audit_model)
 
     # -- UI ------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
@@ -114,6 +123,8 @@ class AttackWidget(QWidget):
 
     def private_ids(self) -> list[str]:
         """Subjects to reconstruct after training: the fold's private subjects."""
+        if self._own.active:
+            return self._own.target_ids()
         if self._study is not None and self.fold_combo.currentIndex() >= 0:
             fold = int(self.fold_combo.currentData())
             return next((list(f.private) for f in folds_of(self._study) if f.fold == fold), [])
@@ -162,18 +173,15 @@ class AttackWidget(QWidget):
         """Validate the choices and start training in a worker; ``False`` if refused."""
         if self.running:
             return False
+        if self._own.active:
+            return self._own.start_training()
         try:
             request = self._train_request()
         except NapariInvertError as exc:
             self.status.setText(str(exc))
             show_error(f"napari-invert: {exc}")
             return False
-        self._token = CancelToken()
-        self._relay = ProgressRelay(self._on_progress)
-        self.progress.setRange(0, request.train.steps)
-        self.progress.setValue(0)
-        self._loaded_stem = None
-        self.status.setText(f"Training on {len(request.attack_ids)} attack subjects…")
+        self._start_progress(request.train.steps, f"Training on {len(request.attack_ids)} attack subjects…")
         self._run(
             train_decoder_job,
             request,
@@ -183,6 +191,14 @@ class AttackWidget(QWidget):
             spacing=self._spacing(),
         )
         return True
+
+    def _start_progress(self, steps: int, text: str) -> None:
+        self._token = CancelToken()
+        self._relay = ProgressRelay(self._on_progress)
+        self.progress.setRange(0, steps)
+        self.progress.setValue(0)
+        self._loaded_stem = None
+        self.status.setText(text)
 
     def cancel(self) -> None:
         """Ask the running training to stop at its next step (its state is kept)."""
@@ -194,6 +210,8 @@ class AttackWidget(QWidget):
         """Reconstruct the fold's private subjects with a trained decoder (file or the study's)."""
         if self.running:
             return False
+        if self._own.active:
+            return self._own.load_decoder()
         chosen = str(self.decoder_file.value or "")
         stem = Path(chosen) if chosen not in ("", ".") else self._default_decoder()
         segmenter, images = self.segmenter_stem(), self._images()
@@ -351,6 +369,9 @@ class AttackWidget(QWidget):
         )
 
     def _on_outcome(self, outcome: AttackOutcome, spacing: tuple[float, float, float] | None) -> None:
+        if not isinstance(outcome, AttackOutcome):  # the own-segmenter mode's OwnDecoderRun
+            self._own.show(outcome)
+            return
         self.last_outcome = outcome
         if outcome.cancelled:
             self.status.setText(
@@ -414,6 +435,7 @@ class AttackWidget(QWidget):
             self._update_state()
             return
         self._cohort = None
+        self._own.deactivate()
         self._set_training_defaults(self._config.attack if self._config is not None else AttackConfig())
         if self._config is not None:
             self.device_combo.setCurrentText(self._config.device)
@@ -435,6 +457,7 @@ class AttackWidget(QWidget):
         if cohort is None:
             return
         self._cohort, self._study = cohort, None
+        self._own.deactivate()
         try:
             from napari_invert.data.cohort import Cohort
             from napari_invert.models import load_segmenter
@@ -463,7 +486,21 @@ class AttackWidget(QWidget):
             combo.blockSignals(old)
         self._on_arch_changed()
 
+    def _on_audit_model(self, model: Any) -> None:
+        """The Study dock's own segmenter (or ``None``): switch this dock to it (or back)."""
+        if self.running:
+            return
+        if model is None:
+            self._own.deactivate()
+        else:
+            self._study = self._cohort = self._config = None
+            self._own.activate(model, self._session.audit_tap)
+        self._update_state()
+
     def _on_arch_changed(self, *_: Any) -> None:
+        if self._own.active:
+            self._own.fill_taps(self.tap_combo.currentText())
+            return self._update_state()
         arch = self.arch_combo.currentText()
         old = self.tap_combo.blockSignals(True)
         self.tap_combo.clear()
@@ -477,6 +514,9 @@ class AttackWidget(QWidget):
         self._on_selection_changed()
 
     def _on_selection_changed(self, *_: Any) -> None:
+        if self._own.active:
+            self._own.fill_attack_list()
+            return self._update_state()
         self.attack_list.clear()
         if self._study is not None and self.fold_combo.currentIndex() >= 0:
             fold = int(self.fold_combo.currentData())
@@ -494,14 +534,17 @@ class AttackWidget(QWidget):
 
     def _update_state(self, *_: Any) -> None:
         running = self.running
-        has_source = self._study is not None or self._cohort is not None
+        has_source = self._study is not None or self._cohort is not None or self._own.active
         seg = self.segmenter_stem()
         seg_ok = (
             seg is not None
             and seg.with_suffix(".safetensors").is_file()
             and seg.with_suffix(".json").is_file()
         )
-        if not has_source:
+        if self._own.active:
+            seg_ok = self._own.data is not None
+            self.segmenter_label.setText(self._own.status_text())
+        elif not has_source:
             self.segmenter_label.setText("")
         elif seg_ok:
             has_decoder = False

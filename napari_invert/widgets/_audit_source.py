@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from napari_invert.errors import ConfigError, DataError
+from napari_invert.errors import ConfigError, DataError, NapariInvertError
 
 #: Role entries offered first in the chooser (each must resolve on the network).
 ROLE_ENTRIES = ("bottleneck+skips", "bottleneck", "skips")
@@ -38,6 +38,9 @@ class AuditModel:
     trained_on: list[str] | None = None
     attack: list[str] | None = None
     attack_note: str = ""
+    config: Any = None  # the whole AuditConfig when the YAML is one (cohort, preprocessing, subjects)
+    config_note: str = ""  # why ``config`` is None
+    cohort_dir: Path | None = None  # the Study widget's cohort folder, if one was chosen
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -143,5 +146,43 @@ def load_audit_model(
     base = path.parent.resolve()
     adapter = model_adapter_from_dict(data, base=base)
     discovery = discover_taps(adapter)
-    trained_on, attack, note = default_attack(data, base, cohort_subject_ids(cohort_dir))
-    return AuditModel(path, adapter, discovery, tap_choices(discovery), trained_on, attack, note)
+    no_config = (None, "a model file, no config")
+    config, config_note = _full_config(data, path, base) if kind is None else no_config
+    ids = cohort_subject_ids(cohort_dir) or _config_subject_ids(config)
+    trained_on, attack, note = default_attack(data, base, ids)
+    return AuditModel(
+        path,
+        adapter,
+        discovery,
+        tap_choices(discovery),
+        trained_on,
+        attack,
+        note,
+        config=config,
+        config_note=config_note,
+        cohort_dir=Path(cohort_dir) if cohort_dir else None,
+    )
+
+
+def _config_subject_ids(config: Any) -> list[str] | None:
+    """Subject IDs of an audit config's own cohort (its layout only), else ``None``."""
+    if config is None:
+        return None
+    from napari_invert.audit.decoder import OwnModelCohort
+
+    try:
+        return OwnModelCohort.from_audit_config(config).subject_ids()
+    except (NapariInvertError, OSError, ValueError):
+        return None
+
+
+def _full_config(data: dict[str, Any], path: Path, base: Path) -> tuple[Any, str]:
+    """``(AuditConfig, "")`` when the YAML is a whole audit config, else ``(None, why not)``."""
+    from napari_invert.audit_config import parse_audit_config
+
+    if "cohort" not in data:
+        return None, "the YAML has no cohort: block"
+    try:
+        return parse_audit_config(data, source=str(path), base=base), ""
+    except ConfigError as exc:
+        return None, str(exc)
