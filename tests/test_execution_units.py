@@ -12,7 +12,6 @@ from scipy import ndimage as ndi
 
 from napari_invert.execution import make_executor
 from napari_invert.metrics import deformation_matrix
-from napari_invert.metrics.registration import matrix as matrix_module
 from napari_invert.metrics.registration.threads import ITK_THREADS_ENV, itk_pinned
 
 SPACING = (2.0, 2.0, 2.0)
@@ -69,13 +68,104 @@ def test_registration_blocks_are_identical_on_every_backend(volumes, ray_executo
     # jobs=1: the block runs in this process's executor, which hands it to a fresh
     # single-threaded child because its own ITK cannot be pinned any more.
     in_process = _matrix(volumes, cache_dir=tmp_path / "a", executor=make_executor("local", jobs=1))
-    # two blocks in two spawned processes
-    monkeypatch.setattr(matrix_module, "BLOCK_SIZE", 1)
-    spawned = _matrix(volumes, cache_dir=tmp_path / "b", executor=make_executor("local", jobs=2))
     on_ray = _matrix(volumes, cache_dir=tmp_path / "c", executor=ray_executor)
     rerun_on_ray = _matrix(volumes, cache_dir=tmp_path / "d", executor=ray_executor)  # reused workers
     assert pool[(0, 0)] < pool[(0, 1)]  # the shifted copy is closest to its source
     # Bit-identical: ANTs with a fixed seed and one ITK thread is deterministic.
-    for name, values in (("in process", in_process), ("spawned", spawned), ("ray", on_ray)):
+    for name, values in (("in process", in_process), ("ray", on_ray)):
         assert values == pool, name
     assert rerun_on_ray == on_ray
+
+
+# --------------------------------------------------------------------------------------
+# similarity-matrix row blocks
+# --------------------------------------------------------------------------------------
+def test_similarity_row_blocks_are_identical_on_both_backends(ray_executor, tmp_path):
+    from napari_invert.report.matrices import SIMILARITY_METRICS, similarity_matrix
+    from napari_invert.report.similarity_blocks import similarity_matrix_blocks
+
+    rng = np.random.default_rng(4)
+    originals = ndi.gaussian_filter(rng.random((4, 14, 14, 14)), (0, 1.5, 1.5, 1.5)).astype(np.float32)
+    queries = (originals[[0, 1, 2, 3, 0]] + 0.05 * rng.standard_normal((5, 14, 14, 14))).astype(np.float32)
+    masks = np.zeros(originals.shape, bool)
+    masks[:, 2:12, 2:12, 2:12] = True
+    data_range = float(originals.max() - originals.min())
+    local = make_executor("local", jobs=1)
+    for metric in SIMILARITY_METRICS:
+        args = (metric, queries, originals, masks, data_range)
+        direct = similarity_matrix(*args, device="cpu")
+        by_local = similarity_matrix_blocks(*args, local, tmp_path / "local", rows_per_block=2, device="cpu")
+        by_ray = similarity_matrix_blocks(
+            *args, ray_executor, tmp_path / "ray", rows_per_block=2, device="cpu"
+        )
+        assert by_ray.shape == (5, 4)
+        np.testing.assert_array_equal(by_ray, by_local, err_msg=metric)
+        np.testing.assert_allclose(by_ray, direct, atol=1e-6, err_msg=metric)
+        # each noisy copy is most similar to its source
+        assert list(np.argmax(by_ray, axis=1)) == [0, 1, 2, 3, 0], metric
+    # three blocks per metric, written once; a rerun reuses them (nothing recomputed)
+    results = sorted((tmp_path / "ray").glob("*.npy"))
+    assert len(results) == 3 * len(SIMILARITY_METRICS)
+    stamps = [p.stat().st_mtime_ns for p in results]
+    again = similarity_matrix_blocks(
+        "ssim", queries, originals, masks, data_range, ray_executor, tmp_path / "ray", rows_per_block=2
+    )
+    assert [p.stat().st_mtime_ns for p in results] == stamps and again.shape == (5, 4)
+
+
+# --------------------------------------------------------------------------------------
+# membership shadow models
+# --------------------------------------------------------------------------------------
+MEMBERSHIP_STUDY = {
+    "name": "shadows",
+    "cohort": {"kind": "demo", "n_subjects": 9, "seed": 5, "demo_voxel_mm": 8.0},
+    "preprocess": {"voxel_mm": None, "variants": ["skull_stripped"]},
+    "folds": 3,  # 3 private / 3 held out / 3 attack per fold
+    "controls": {"untrained_victim": False},
+    "segmenter": {"architectures": ["unet"], "base_filters": 4, "levels": 2, "convs_per_level": 1},
+    "segmenter_training": {"steps": 3, "batch_size": 2, "checkpoint_every": 3},
+    "attack": {
+        "taps": {"unet": ["bottleneck+skips"]},
+        "decoder_base_filters": 4,
+        "train": {"steps": 3, "batch_size": 2, "checkpoint_every": 3, "augment": False},
+    },
+    "membership": {"n_shadows": 2, "bootstrap": 200, "permutations": 200, "untrained_control": False},
+    "device": "cpu",
+    "num_threads": 1,
+}
+
+
+@pytest.mark.slow
+def test_shadow_models_run_as_units_with_the_same_weights(ray_executor, tmp_path):
+    from napari_invert.config import parse_config
+    from napari_invert.data.demo import make_demo_cohort
+    from napari_invert.execution.study import shadow_units
+    from napari_invert.study.layout import StudyFolder
+    from napari_invert.study.runner import StudyRunner, run_study_parallel
+
+    data = {**MEMBERSHIP_STUDY, "cohort": dict(MEMBERSHIP_STUDY["cohort"])}
+    data["cohort"]["path"] = str(
+        make_demo_cohort(tmp_path / "cohort", 9, seed=5, voxel_mm=8.0, progress=False)
+    )
+    config = parse_config(data)
+    # The default: one process, shadows trained inside the victim's membership step.
+    sequential = StudyRunner(config, tmp_path / "sequential", folds=[0], progress=False).run()
+    # Units: the data step, then one unit per shadow, then the victim (which loads them).
+    StudyRunner(config, tmp_path / "ray", folds=[], progress=False).run()
+    units = shadow_units(config, tmp_path / "ray", folds=[0])
+    assert [u.key for u in units] == [
+        "shadow:skull_stripped:fold0:unet:0",
+        "shadow:skull_stripped:fold0:unet:1",
+    ]
+    on_ray = run_study_parallel(config, tmp_path / "ray", jobs=1, folds=[0], progress=False, backend="ray")
+    local = run_study_parallel(config, tmp_path / "local", jobs=2, folds=[0], progress=False, backend="local")
+    for k in (0, 1):
+        stems = [f.shadow_stem("skull_stripped", 0, "unet", k) for f in (sequential, on_ray, local)]
+        weights = [s.with_name(s.name + ".safetensors").read_bytes() for s in stems]
+        assert weights[0] == weights[1] == weights[2], f"shadow {k}"
+    # the victim units then give the same membership result on both backends
+    docs = [
+        StudyFolder(f.root).membership_json("skull_stripped", 0, "unet").read_text() for f in (on_ray, local)
+    ]
+    assert docs[0].replace(str(on_ray.root), "") == docs[1].replace(str(local.root), "")
+    assert shadow_units(config, on_ray.root, folds=[0]) == []  # membership done: nothing left
