@@ -137,6 +137,8 @@ MEMBERSHIP_STUDY = {
 
 @pytest.mark.slow
 def test_shadow_models_run_as_units_with_the_same_weights(ray_executor, tmp_path):
+    from safetensors.numpy import load_file
+
     from napari_invert.config import parse_config
     from napari_invert.data.demo import make_demo_cohort
     from napari_invert.execution.study import shadow_units
@@ -159,10 +161,19 @@ def test_shadow_models_run_as_units_with_the_same_weights(ray_executor, tmp_path
     ]
     on_ray = run_study_parallel(config, tmp_path / "ray", jobs=1, folds=[0], progress=False, backend="ray")
     local = run_study_parallel(config, tmp_path / "local", jobs=2, folds=[0], progress=False, backend="local")
-    for k in (0, 1):
+    for k in (0, 1):  # bit-identical weights (the files differ only in their random save_id)
         stems = [f.shadow_stem("skull_stripped", 0, "unet", k) for f in (sequential, on_ray, local)]
-        weights = [s.with_name(s.name + ".safetensors").read_bytes() for s in stems]
-        assert weights[0] == weights[1] == weights[2], f"shadow {k}"
+        weights = [load_file(str(s) + ".safetensors") for s in stems]
+        for other in weights[1:]:
+            assert other.keys() == weights[0].keys()
+            for name, tensor in weights[0].items():
+                np.testing.assert_array_equal(other[name], tensor, err_msg=f"shadow {k}: {name}")
+    # On the executor the shadows were trained before their victim (as units of their own);
+    # in the sequential run after it (inside its membership step).
+    for folder, first in ((on_ray, "shadow"), (local, "shadow"), (sequential, "victim")):
+        shadow = folder.shadow_stem("skull_stripped", 0, "unet", 1).with_suffix(".json").stat().st_mtime_ns
+        victim = folder.segmenter_stem("skull_stripped", 0, "unet").with_suffix(".json").stat().st_mtime_ns
+        assert (shadow < victim) == (first == "shadow"), folder.root
     # the victim units then give the same membership result on both backends
     docs = [
         StudyFolder(f.root).membership_json("skull_stripped", 0, "unet").read_text() for f in (on_ray, local)
