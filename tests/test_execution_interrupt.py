@@ -143,7 +143,7 @@ def test_sigint_cancels_the_ray_tasks_and_the_study_resumes(config_file, tmp_pat
     assert "cancelling 1 unfinished Ray task(s): victim:skull_stripped:fold" in err, err
     assert "no Ray task of this run is running any more" in err, err
     assert "rerun the same command to resume" in err, err
-    print(f"driver exited {seconds:.1f} s after SIGINT")
+    print(f"driver exited {seconds:.1f} s after SIGINT:", *err.splitlines()[-4:], sep="\n")
 
     # Nothing keeps running: the folder does not change any more, and no temporary file of
     # an abandoned write is left (atomic writes: '.<name>.<random><suffix>').
