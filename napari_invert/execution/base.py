@@ -70,8 +70,10 @@ def call_unit(func: str, config: dict[str, Any], paths: dict[str, str], threads:
     """Run one unit in the current process with ``threads`` torch CPU threads.
 
     This is what every backend executes (in a spawned process or a Ray worker). ITK (ANTs)
-    reads its thread count once, when first loaded in a process, so it is set here, before any
-    import: registrations are reproducible only single-threaded.
+    reads its thread count once per process, at its first filter, so it is set here, before
+    the unit runs. Registration units need one ITK thread to be reproducible and pin it
+    themselves (:mod:`napari_invert.metrics.registration.threads`), also in a worker that an
+    earlier unit left with ITK multi-threaded.
     """
     import os
 

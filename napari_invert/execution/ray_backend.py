@@ -8,6 +8,11 @@ storage every node mounts at the same path (NFS, Lustre, a cloud file system); o
 units' small summaries travel back. Progress (one bar of finished units) and failures are
 collected on the driver; a failed unit does not stop the others, and a rerun skips every
 step the study manifest records as finished (the same resume as a local run).
+
+Interrupting the driver (Ctrl-C, SIGINT) cancels the run's unfinished tasks and waits
+until none runs (:func:`cancel_tasks`); a rerun resumes from what was finished and from
+the training checkpoints on disk. The workers of a local instance started here run at the
+driver's priority (Ray's default is nice 15, see :data:`WORKER_NICENESS_ENV`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ from typing import Any
 from napari_invert.errors import ConfigError
 from napari_invert.execution.base import Unit, UnitFailed, call_unit
 
-__all__ = ["RayExecutor", "import_ray"]
+__all__ = ["RayExecutor", "cancel_tasks", "import_ray"]
+
+
+#: Read by a Ray instance when it starts: the niceness of its worker processes (Ray: 15).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 def import_ray() -> Any:
@@ -28,6 +37,54 @@ def import_ray() -> Any:
     except ImportError:
         raise ConfigError("execution.backend 'ray' needs Ray: pip install 'napari-invert[cluster]'") from None
     return ray
+
+
+def cancel_tasks(ray: Any, refs: Sequence[Any], keys: Sequence[str], grace_s: float = 20.0) -> None:
+    """Cancel Ray tasks after the driver was interrupted, and wait until none runs.
+
+    Queued tasks are dropped. Running ones first get a KeyboardInterrupt in their thread
+    (``ray.cancel``), so they stop as a local process does on Ctrl-C: files being written
+    are abandoned (every result is written through a temporary file and renamed, so none is
+    left half-written) and training checkpoints already on disk stay for the resume. A task
+    still running after ``grace_s`` seconds (stuck in native code) is killed with its worker
+    process (``force=True``). Prints one line per step to stderr.
+    """
+    import sys
+
+    refs = list(refs)
+    if not refs:
+        return
+    print(
+        f"napari-invert: interrupted: cancelling {len(refs)} unfinished Ray task(s): {', '.join(keys)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    for ref in refs:
+        _cancel(ray, ref, force=False)
+    try:
+        _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+    except KeyboardInterrupt:  # a second Ctrl-C: do not wait
+        left = refs
+    if left:
+        print(
+            f"napari-invert: {len(left)} Ray task(s) still running: killing their worker processes",
+            file=sys.stderr,
+            flush=True,
+        )
+        for ref in left:
+            _cancel(ray, ref, force=True)
+        _, left = ray.wait(left, num_returns=len(left), timeout=grace_s)
+    if left:  # pragma: no cover - Ray did not confirm the kill
+        print(f"napari-invert: Ray did not confirm the end of {len(left)} task(s)", file=sys.stderr)
+    else:
+        print("napari-invert: no Ray task of this run is running any more", file=sys.stderr, flush=True)
+
+
+def _cancel(ray: Any, ref: Any, force: bool) -> None:
+    import contextlib
+
+    with contextlib.suppress(Exception):  # already finished, or its worker already gone
+        ray.cancel(ref, force=force)
 
 
 def _remote_call(func: str, config: dict[str, Any], paths: dict[str, str], threads: int) -> Any:
@@ -40,14 +97,18 @@ class RayExecutor:
     ``init_kwargs`` go to ``ray.init`` when this executor starts or joins Ray (for example
     ``num_cpus=2`` for a local instance, or a ``runtime_env``). A Ray instance this
     executor started is left running for later calls in the same process (``ray.shutdown()``
-    ends it).
+    ends it). An interrupted driver (Ctrl-C, SIGINT) cancels its outstanding tasks before
+    it stops (:func:`cancel_tasks`, ``grace_s`` seconds for running ones to stop cleanly).
     """
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, init_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, init_kwargs: dict[str, Any] | None = None, grace_s: float = 20.0
+    ) -> None:
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
+        self.grace_s = float(grace_s)
 
     def _ensure_ray(self) -> Any:
         import os
@@ -62,6 +123,11 @@ class RayExecutor:
                 root = os.path.dirname(os.path.dirname(os.path.abspath(napari_invert.__file__)))
                 path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
                 kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+            if self.address is None:
+                # Ray starts its workers at nice 15 (to keep its own services responsive); a
+                # local instance's workers ARE the study, so they run at this process's
+                # priority (on a busy shared machine nice-15 units barely get a core).
+                os.environ.setdefault(WORKER_NICENESS_ENV, "0")
             ray.init(address=self.address, **kwargs)
         return ray
 
@@ -81,16 +147,20 @@ class RayExecutor:
         failures: list[str] = []
         pending = list(refs)
         with tqdm(total=len(units), desc=desc, disable=not progress, unit="unit") as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    unit = refs[ref]
-                    try:
-                        results[unit.key] = ray.get(ref)
-                    except Exception as exc:  # RayTaskError wraps the unit's exception
-                        cause = getattr(exc, "cause", None) or exc
-                        failures.append(f"{unit.key}: {type(cause).__name__}: {cause}")
-                    bar.update(1)
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    for ref in done:
+                        unit = refs[ref]
+                        try:
+                            results[unit.key] = ray.get(ref)
+                        except Exception as exc:  # RayTaskError wraps the unit's exception
+                            cause = getattr(exc, "cause", None) or exc
+                            failures.append(f"{unit.key}: {type(cause).__name__}: {cause}")
+                        bar.update(1)
+            except KeyboardInterrupt:
+                cancel_tasks(ray, pending, [refs[r].key for r in pending], self.grace_s)
+                raise
         if failures:
             raise UnitFailed("; ".join(failures))
         return results

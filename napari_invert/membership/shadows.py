@@ -188,41 +188,86 @@ def train_shadows(
                 )
             shadows.append(ShadowModel(k, model, assign[k].copy(), trained_on, stem))
             continue
-        model = factory.build(init_seed)
-        resume = stem.with_name(stem.name + "_resume") if stem is not None else None
         members = [attack_subjects[j] for j in np.flatnonzero(assign[k])]
         step_cb = None
         if on_step is not None:
             step_cb = (lambda kk: lambda step, total, loss: on_step(kk, step, total, loss))(k)
-        train(
-            model,
-            [s.image for s in members],
-            [s.labels for s in members],
+        model = train_shadow(
+            k,
+            spec,
+            members,
+            trained_on,
             cfg,
-            device,
-            checkpoint_stem=resume,
-            curve_path=curve_paths[k] if curve_paths is not None else None,
+            init_seed,
+            stem,
+            curve_paths[k] if curve_paths is not None else None,
+            device=device,
+            train_fn=train,
             progress=progress,
             on_step=step_cb,
             should_stop=should_stop,
+            factory=factory,
         )
-        model.eval()
-        if stem is not None:
-            factory.save(
-                stem,
-                model,
-                {
-                    "role": "membership shadow",
-                    "shadow": k,
-                    "trained_on": trained_on,
-                    "init_seed": init_seed,
-                    "train_config": cfg.model_dump(mode="json"),
-                },
-            )
-            # the finished shadow replaces its resume state (JSON first: weights without
-            # their JSON count as an unfinished write)
-            for path in reversed(checkpoint_paths(resume)):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
         shadows.append(ShadowModel(k, model, assign[k].copy(), trained_on, stem))
     return shadows
+
+
+def train_shadow(
+    k: int,
+    spec: dict[str, Any],
+    members: Sequence[SubjectLike],
+    trained_on: list[str],
+    train_config: TrainConfig,
+    init_seed: int,
+    stem: Path | None,
+    curve_path: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    train_fn: TrainFn | None = None,
+    progress: bool = False,
+    on_step: Callable[[int, int, float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    factory: ShadowFactory | None = None,
+) -> nn.Module:
+    """Train shadow ``k`` (one step of :func:`train_shadows`) and save it at ``stem``.
+
+    ``members``: its IN subjects; ``train_config`` already carries the shadow's training
+    seed and ``init_seed`` seeds its initial weights (:func:`shadow_seeds`), so the result
+    does not depend on the process it runs in (a study runs shadows as units of work on an
+    executor: :mod:`napari_invert.execution.study`). Resumes from ``<stem>_resume``.
+    ``factory`` builds and saves it (default: this project's segmenter from ``spec``).
+    """
+    factory = factory or SegmenterShadows(spec)
+    model = factory.build(init_seed)
+    resume = stem.with_name(stem.name + "_resume") if stem is not None else None
+    (train_fn or train_segmenter)(
+        model,
+        [s.image for s in members],
+        [s.labels for s in members],
+        train_config,
+        device,
+        checkpoint_stem=resume,
+        curve_path=curve_path,
+        progress=progress,
+        on_step=on_step,
+        should_stop=should_stop,
+    )
+    model.eval()
+    if stem is not None and resume is not None:
+        factory.save(
+            stem,
+            model,
+            {
+                "role": "membership shadow",
+                "shadow": k,
+                "trained_on": trained_on,
+                "init_seed": init_seed,
+                "train_config": train_config.model_dump(mode="json"),
+            },
+        )
+        # the finished shadow replaces its resume state (JSON first: weights without
+        # their JSON count as an unfinished write)
+        for path in reversed(checkpoint_paths(resume)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return model

@@ -16,9 +16,11 @@ the voxel spacing, so displacement component ``k`` is along array axis ``k``, in
 
 Determinism: ANTs draws random MI samples; a fixed seed (ANTs treats 0 as "seed from the
 clock", so ANTs gets ``seed + 1``) makes a run reproducible **only single-threaded**. ITK
-reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, when ANTs is first used in a process:
+reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` once, at its first filter in a process:
 :func:`~napari_invert.metrics.registration.matrix.deformation_matrix` therefore runs
-registrations in spawned worker processes with that variable set to 1.
+registrations in spawned worker processes with that variable set to 1, and blocks of pairs
+on an executor pin it or move to a fresh process
+(:mod:`~napari_invert.metrics.registration.threads`).
 """
 
 from __future__ import annotations

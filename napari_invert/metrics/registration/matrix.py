@@ -484,12 +484,47 @@ def registration_block_unit(config: dict[str, Any], paths: dict[str, str]) -> di
     ``config``: ``spacing``, ``preset`` (name), ``seed``, ``backend``, ``device``,
     ``save_magnitude`` and ``pairs`` (``[{"pair": [i, j], "key", "fixed", "moving",
     "mask"}]``, the three arrays as ``.npy`` paths); ``paths``: ``{"cache": folder}``.
-    Pairs already in the cache are skipped (a resumed block). Returns ``{"registered": n}``.
+    Pairs already in the cache are skipped (a resumed block). ANTs runs with one ITK thread
+    and the given seed, so a block gives bit-identical values on every backend and rerun
+    (:mod:`~napari_invert.metrics.registration.threads`). Returns ``{"registered": n}``.
     """
     _init_worker()
     cache = Path(paths["cache"])
     sp = check_spacing(config["spacing"])
     _, pre_doc, pre = _preset_doc(config["preset"], config["backend"])
+    with _single_thread_runner(config["backend"]) as run:
+        return {"registered": _register_block(config, cache, sp, pre_doc, pre, run)}
+
+
+@contextlib.contextmanager
+def _single_thread_runner(backend: str) -> Iterator[Any]:
+    """``run(task) -> out`` that registers with one ITK thread (reproducible ANTs).
+
+    In this process when its ITK can still be pinned (a fresh worker); else, e.g. in a
+    reused Ray worker or the caller's interpreter where ``ants`` already ran with more
+    threads, in one spawned single-threaded child process for the whole block.
+    """
+    from napari_invert.metrics.registration.threads import pin_itk_single_thread
+
+    if backend != "ants" or pin_itk_single_thread():
+        yield _run_task
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx, initializer=_init_worker) as pool:
+        yield lambda task: pool.submit(_run_task, task).result()
+
+
+def _register_block(
+    config: dict[str, Any],
+    cache: Path,
+    sp: tuple[float, float, float],
+    pre_doc: dict[str, Any],
+    pre: Any,
+    run: Any,
+) -> int:
+    """Register the block's pairs not yet in ``cache`` with ``run``; return how many."""
     done = 0
     for item in config["pairs"]:
         json_path, npy_path = cache_paths(cache, item["key"])
@@ -506,7 +541,7 @@ def registration_block_unit(config: dict[str, Any], paths: dict[str, str]) -> di
             "backend": config["backend"],
             "device": config["device"],
         }
-        out = _run_task(task)
+        out = run(task)
         store(
             json_path,
             npy_path,
@@ -519,4 +554,4 @@ def registration_block_unit(config: dict[str, Any], paths: dict[str, str]) -> di
             config["backend"],
         )
         done += 1
-    return {"registered": done}
+    return done
