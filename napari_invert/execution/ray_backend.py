@@ -149,7 +149,9 @@ class RayExecutor:
         with tqdm(total=len(units), desc=desc, disable=not progress, unit="unit") as bar:
             try:
                 while pending:
-                    done, pending = ray.wait(pending, num_returns=1)
+                    # a timeout hands control back to the interpreter every second, so a
+                    # Ctrl-C is seen while a task runs (a blocking wait deferred it)
+                    done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
                     for ref in done:
                         unit = refs[ref]
                         try:
