@@ -50,7 +50,11 @@ CONFIG = {
 #: The driver: a local Ray instance with one CPU, then the ordinary command line.
 DRIVER = """
 import os
+import signal
 import sys
+# a terminal's Ctrl-C: a process started in the background of a non-interactive shell (CI runners,
+# nohup) inherits SIGINT *ignored*, and Python then never raises KeyboardInterrupt
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import ray
 os.environ.setdefault("RAY_worker_niceness", "0")  # as RayExecutor does for a local instance
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
