@@ -7,7 +7,8 @@ onto a grid divisible by the adapter's ``multiple_of`` and checked against the n
 (:meth:`ModelAdapter.check_grid`); the model is tapped with the adapter's own tapper
 (hooks, or graph values for TorchScript); the decoder is trained on the attacker's subjects
 only (resumable, cancellable), saved (safetensors + JSON) and reconstructs the targets,
-which are written as NIfTI beside it.
+which are written as NIfTI beside it. Those last steps are the core's
+:mod:`napari_invert.attack.job`, shared with the plugin's study-victim path.
 
 Where things go (:func:`decoder_stem`): ``<model source folder>/<source stem>_napari_invert/
 <tap slug>/decoder.{safetensors,json}``, ``decoder_gui_resume.*`` while training,
@@ -19,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from napari_invert.config import CohortConfig, PreprocessConfig, TrainConfig
 from napari_invert.errors import ConfigError, DataError
 from napari_invert.study.layout import tap_slug
+
+if TYPE_CHECKING:  # torch is imported by the worker, never when the plugin loads
+    from napari_invert.attack.job import DecoderRun, Target
 
 THREAT_MODEL = "feature inversion"
 
@@ -91,53 +93,17 @@ def decoder_stem(source: str | Path, tap: str) -> Path:
     return source.parent / f"{source.stem}_napari_invert" / tap_slug(tap) / "decoder"
 
 
-def resume_stem(stem: Path) -> Path:
-    """The resumable training state of the decoder at ``stem`` (kept when cancelled)."""
-    return stem.with_name(stem.name + "_gui_resume")
+def _targets(prepared: Any, ids: Sequence[str], what: str) -> list[Target]:
+    """The prepared subjects ``ids`` (DataError naming the missing ones) as targets."""
+    from napari_invert.attack.job import Target
 
-
-@dataclass
-class OwnDecoderRun:
-    """What :func:`train_own_decoder` / :func:`reconstruct_own` return.
-
-    ``recons`` / ``originals``: subject -> ``(X, Y, Z)`` float32 on the model grid;
-    ``written``: the reconstructions saved as NIfTI."""
-
-    tap: str
-    layers: list[str]
-    cancelled: bool = False
-    steps_done: int = 0
-    total_steps: int = 0
-    final_loss: float | None = None
-    saved: Path | None = None
-    recons: dict[str, np.ndarray] = field(default_factory=dict)
-    originals: dict[str, np.ndarray] = field(default_factory=dict)
-    affine: np.ndarray | None = None
-    spacing: tuple[float, float, float] | None = None
-    written: list[Path] = field(default_factory=list)
-    message: str = ""
-
-
-def _pick(prepared: Any, ids: Sequence[str], what: str) -> list[Any]:
     by_id = {s.subject_id: s for s in prepared.subjects}
     missing = [s for s in ids if s not in by_id]
     if missing:
         raise DataError(
             Path(str(getattr(prepared, "name", "cohort"))), f"{what} not in the cohort: {', '.join(missing)}"
         )
-    return [by_id[s] for s in ids]
-
-
-def _reconstruct_into(run: OwnDecoderRun, tapper, decoder, targets, device, out_dir: Path | None) -> None:
-    from napari_invert.attack import reconstruct
-    from napari_invert.data.nifti import save_nifti
-
-    recons = reconstruct(tapper, decoder, [s.image for s in targets], device)
-    for subject, recon in zip(targets, recons):
-        run.recons[subject.subject_id] = recon
-        run.originals[subject.subject_id] = subject.image
-        if out_dir is not None:
-            run.written.append(save_nifti(out_dir / f"{subject.subject_id}.nii.gz", recon, subject.affine))
+    return [Target(s, by_id[s].image, by_id[s].affine) for s in ids]
 
 
 def train_own_decoder(
@@ -154,21 +120,18 @@ def train_own_decoder(
     trained_on: Sequence[str] | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> OwnDecoderRun:
+) -> DecoderRun:
     """Train a decoder inverting ``tap`` of the user's model on ``attack_ids`` only, save it
     at ``stem`` and reconstruct ``target_ids``; a cancel returns ``cancelled=True`` (the
-    training state is kept at :func:`resume_stem` and continues on the next call).
+    training state is kept at :func:`napari_invert.attack.job.resume_stem` and continues on
+    the next call).
 
     ``tap``: a role (``bottleneck+skips``) or layer name(s) (see ``napari-invert taps``);
     ``trained_on``: the subjects that trained the user's model; an attack set that
     overlaps them is refused (the attacker's data are its own).
     """
-    import torch
-
-    from napari_invert.attack import Cancelled, InversionDecoder, save_decoder, train_inversion_decoder
-    from napari_invert.checkpoint import checkpoint_paths
+    from napari_invert.attack.job import train_decoder_for_tap
     from napari_invert.device import resolve_device
-    from napari_invert.models import write_curve
 
     overlap = sorted(set(attack_ids) & set(trained_on or ()))
     if overlap:
@@ -182,32 +145,8 @@ def train_own_decoder(
     adapter.to(dev)
     name, layers = adapter.resolve_tap(tap)
     prepared = data.prepare(adapter)
-    attack = _pick(prepared, attack_ids, "attack subjects")
-    targets = _pick(prepared, target_ids, "subjects to reconstruct")
-    tapper = adapter.tapper(layers)
-    torch.manual_seed(train.seed)
-    sample = torch.from_numpy(np.ascontiguousarray(attack[0].image)[None, None]).to(dev)
-    decoder = InversionDecoder.for_tapper(tapper, sample, base_filters)
-    run = OwnDecoderRun(name, layers, total_steps=train.steps, affine=prepared.affine)
-    run.spacing = tuple(float(v) for v in prepared.voxel_mm)
-    try:
-        rows = train_inversion_decoder(
-            tapper,
-            decoder,
-            [s.image for s in attack],  # the attacker's own data ONLY
-            train,
-            dev,
-            loss=loss,  # type: ignore[arg-type]
-            checkpoint_stem=resume_stem(stem),
-            progress=False,
-            on_step=on_step,
-            should_stop=should_stop,
-        )
-    except Cancelled as exc:
-        run.cancelled, run.steps_done, run.message = True, exc.step, str(exc)
-        return run
-    run.steps_done = len(rows)
-    run.final_loss = float(rows[-1]["loss"]) if rows else None
+    attack = _targets(prepared, attack_ids, "attack subjects")
+    targets = _targets(prepared, target_ids, "subjects to reconstruct")
     meta = {
         "tap": tap,
         "layers": layers,
@@ -216,14 +155,22 @@ def train_own_decoder(
         "trained_on": list(attack_ids),
         "source": "napari-invert plugin (own segmenter)",
     }
-    run.saved = save_decoder(stem, decoder, meta)
-    write_curve(stem.parent / "curve.csv", rows)
-    for path in checkpoint_paths(resume_stem(stem)):
-        path.unlink(missing_ok=True)
-    if targets and not (should_stop is not None and should_stop()):
-        _reconstruct_into(run, tapper, decoder, targets, dev, stem.parent / "recon")
-    run.message = f"decoder saved to {run.saved}"
-    return run
+    return train_decoder_for_tap(
+        _run(name, layers, prepared),
+        adapter.tapper(layers),
+        [s.image for s in attack],  # the attacker's own data ONLY
+        stem,
+        train,
+        meta,
+        base_filters=base_filters,
+        loss=loss,
+        device=dev,
+        curve_path=stem.parent / "curve.csv",
+        targets=(lambda: targets) if targets else None,
+        recon_paths={t.subject_id: stem.parent / "recon" / f"{t.subject_id}.nii.gz" for t in targets},
+        on_step=on_step,
+        should_stop=should_stop,
+    )
 
 
 def reconstruct_own(
@@ -233,9 +180,10 @@ def reconstruct_own(
     stem: Path,
     target_ids: Sequence[str],
     device: str = "auto",
-) -> OwnDecoderRun:
+) -> DecoderRun:
     """Reconstruct ``target_ids`` with the saved decoder at ``stem`` (made for ``tap``)."""
     from napari_invert.attack import load_decoder
+    from napari_invert.attack.job import reconstruct_with_decoder
     from napari_invert.device import resolve_device
 
     dev = resolve_device(device)
@@ -245,10 +193,16 @@ def reconstruct_own(
     if meta.get("layers") not in (None, layers):
         raise DataError(stem, f"decoder was trained on layers {meta['layers']}, not {layers} ('{tap}')")
     prepared = data.prepare(adapter)
-    run = OwnDecoderRun(name, layers, affine=prepared.affine, saved=stem)
-    run.spacing = tuple(float(v) for v in prepared.voxel_mm)
-    _reconstruct_into(
-        run, adapter.tapper(layers), decoder, _pick(prepared, target_ids, "subjects"), dev, None
+    run = _run(name, layers, prepared)
+    run.saved = stem
+    targets = _targets(prepared, target_ids, "subjects")
+    return reconstruct_with_decoder(run, adapter.tapper(layers), decoder, stem, targets, dev)
+
+
+def _run(tap: str, layers: list[str], prepared: Any) -> DecoderRun:
+    """An empty run on the prepared cohort's grid (affine, voxel size in mm)."""
+    from napari_invert.attack.job import DecoderRun
+
+    return DecoderRun(
+        tap, list(layers), affine=prepared.affine, spacing=tuple(float(v) for v in prepared.voxel_mm)
     )
-    run.message = f"reconstructed {len(run.recons)} subjects with {stem.name}"
-    return run

@@ -1,9 +1,12 @@
-"""Worker-side jobs of the Attack widget: plain functions that only call the core.
+"""Worker-side jobs of the Attack widget for a study's (or a cohort's) trained segmenter:
+plain functions that only call the core.
 
 They run inside a napari thread worker, receive data (paths, configs, subject ids) and
-callbacks, and never touch Qt. The sequence is the study runner's
-(:meth:`napari_invert.study.runner.StudyRunner._attack`): load the frozen victim, make the
-tapper, build the decoder for it, train it on the attack set only, save it, reconstruct.
+callbacks, and never touch Qt. What is particular to a study victim is here: load the
+frozen segmenter, make its tapper, load the attacker's images from the study folder (or
+preprocess the cohort for the segmenter). Building, training, saving the decoder and
+reconstructing are the core's :mod:`napari_invert.attack.job`, shared with the
+own-segmenter mode (:mod:`napari_invert.audit.decoder`).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_invert.config import PreprocessConfig, TrainConfig
 from napari_invert.errors import DataError
 from napari_invert.study.results import StudyResults
+
+if TYPE_CHECKING:  # torch is imported by the worker, never when the plugin loads
+    from napari_invert.attack.job import DecoderRun, Target
 
 
 @dataclass(frozen=True)
@@ -88,103 +94,62 @@ class TrainRequest:
     @property
     def resume_stem(self) -> Path:
         """The GUI's own resumable training state (kept when cancelled)."""
-        return self.decoder_stem.with_name(self.decoder_stem.name + "_gui_resume")
+        from napari_invert.attack.job import resume_stem
+
+        return resume_stem(self.decoder_stem)
 
 
-@dataclass
-class AttackOutcome:
-    """What a training / reconstruction job returns to the GUI."""
+def _targets(images: Images, ids: Sequence[str], multiple_of: int) -> tuple[list[Target], np.ndarray]:
+    """``ids`` loaded from ``images`` as reconstruction targets, and their grid's affine."""
+    from napari_invert.attack.job import Target
 
-    cancelled: bool = False
-    steps_done: int = 0
-    total_steps: int = 0
-    final_loss: float | None = None
-    saved: Path | None = None
-    recons: dict[str, np.ndarray] = field(default_factory=dict)
-    affine: np.ndarray | None = None
-    message: str = ""
-    written: list[Path] = field(default_factory=list)  # reconstructions saved as NIfTI
-
-
-def save_recons(recons: dict[str, np.ndarray], paths: dict[str, Path], affine: np.ndarray) -> list[Path]:
-    """Write each reconstruction that has a target path (atomically, via the core's writer)."""
-    from napari_invert.data.nifti import save_nifti
-
-    return [save_nifti(paths[sid], recon, affine) for sid, recon in recons.items() if sid in paths]
+    loaded, affine = images.load(ids, multiple_of)
+    return [Target(sid, image, affine) for sid, image in zip(ids, loaded)], affine
 
 
 def train_decoder_job(
     request: TrainRequest,
     on_step: Callable[[int, int, float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> AttackOutcome:
+) -> DecoderRun:
     """Train, save and (optionally) reconstruct; a cancel returns ``cancelled=True``.
 
     The training state is checkpointed to :attr:`TrainRequest.resume_stem`, so a cancelled
     training resumes where it stopped when started again with the same settings; the
     state is removed once the decoder is saved to ``decoder_stem``.
     """
-    import torch
-
-    from napari_invert.attack import (
-        Cancelled,
-        InversionDecoder,
-        make_tapper,
-        reconstruct,
-        save_decoder,
-        train_inversion_decoder,
-    )
-    from napari_invert.checkpoint import checkpoint_paths
+    from napari_invert.attack import make_tapper
+    from napari_invert.attack.job import DecoderRun, train_decoder_for_tap
     from napari_invert.device import resolve_device
-    from napari_invert.models import load_segmenter, write_curve
+    from napari_invert.models import load_segmenter
 
     device = resolve_device(request.device)
     model, _ = load_segmenter(request.segmenter_stem, device)
     images, affine = request.images.load(request.attack_ids, model.multiple_of)
-    tapper = make_tapper(model, request.tap)
-    torch.manual_seed(request.train.seed)
-    sample = torch.from_numpy(np.ascontiguousarray(images[0])[None, None]).to(device)
-    decoder = InversionDecoder.for_tapper(tapper, sample, request.base_filters)
-    outcome = AttackOutcome(total_steps=request.train.steps, affine=affine)
-    try:
-        rows = train_inversion_decoder(
-            tapper,
-            decoder,
-            images,
-            request.train,
-            device,
-            loss=request.loss,  # type: ignore[arg-type]
-            checkpoint_stem=request.resume_stem,
-            curve_path=None,  # the rows are kept in the resumable state; the curve is written at the end
-            progress=False,
-            on_step=on_step,
-            should_stop=should_stop,
-        )
-    except Cancelled as exc:
-        outcome.cancelled = True
-        outcome.steps_done = exc.step
-        outcome.message = str(exc)
-        return outcome
-    outcome.steps_done = len(rows)
-    outcome.final_loss = float(rows[-1]["loss"]) if rows else None
     meta = {
         **request.meta,
         "tap": request.tap,
         "trained_on": list(request.attack_ids),
         "source": "napari-invert GUI",
     }
-    outcome.saved = save_decoder(request.decoder_stem, decoder, meta)
-    if request.curve_path is not None:
-        write_curve(request.curve_path, rows)
-    for path in checkpoint_paths(request.resume_stem):
-        path.unlink(missing_ok=True)
-    if request.target_ids and not (should_stop is not None and should_stop()):
-        targets, target_affine = request.images.load(request.target_ids, model.multiple_of)
-        recons = reconstruct(tapper, decoder, targets, device)
-        outcome.recons = dict(zip(request.target_ids, recons))
-        outcome.written = save_recons(outcome.recons, request.recon_paths, target_affine)
-    outcome.message = f"decoder saved to {outcome.saved}"
-    return outcome
+    return train_decoder_for_tap(
+        DecoderRun(tap=request.tap, affine=affine),
+        make_tapper(model, request.tap),
+        images,
+        request.decoder_stem,
+        request.train,
+        meta,
+        base_filters=request.base_filters,
+        loss=request.loss,
+        device=device,
+        curve_path=request.curve_path,
+        targets=(lambda: _targets(request.images, request.target_ids, model.multiple_of)[0])
+        if request.target_ids
+        else None,
+        recon_paths=request.recon_paths,
+        on_step=on_step,
+        should_stop=should_stop,
+    )
 
 
 def reconstruct_job(
@@ -195,9 +160,10 @@ def reconstruct_job(
     target_ids: list[str],
     device: str = "auto",
     recon_paths: dict[str, Path] | None = None,
-) -> AttackOutcome:
+) -> DecoderRun:
     """Load a trained decoder and reconstruct ``target_ids`` with it (saved to ``recon_paths``)."""
-    from napari_invert.attack import load_decoder, make_tapper, reconstruct
+    from napari_invert.attack import load_decoder, make_tapper
+    from napari_invert.attack.job import DecoderRun, reconstruct_with_decoder
     from napari_invert.device import resolve_device
     from napari_invert.models import load_segmenter
 
@@ -208,12 +174,6 @@ def reconstruct_job(
     if meta_tap and meta_tap != tap:
         raise DataError(decoder_stem, f"decoder was trained on tap '{meta_tap}', not '{tap}'")
     tapper = make_tapper(model, tap)
-    targets, affine = images.load(target_ids, model.multiple_of)
-    recons = reconstruct(tapper, decoder, targets, dev)
-    outcome = AttackOutcome(
-        recons=dict(zip(target_ids, recons)),
-        affine=affine,
-        message=f"reconstructed {len(recons)} subjects with {decoder_stem.name}",
-    )
-    outcome.written = save_recons(outcome.recons, recon_paths or {}, affine)
-    return outcome
+    targets, affine = _targets(images, target_ids, model.multiple_of)
+    run = DecoderRun(tap=tap, affine=affine)
+    return reconstruct_with_decoder(run, tapper, decoder, decoder_stem, targets, dev, recon_paths)

@@ -195,6 +195,7 @@ class OwnModelAttack:
             w._token,
             what="training",
             spacing=None,
+            own=True,
         )
         return True
 
@@ -225,6 +226,7 @@ class OwnModelAttack:
             w.device_combo.currentText(),
             what="reconstruction",
             spacing=None,
+            own=True,
         )
         return True
 

@@ -38,7 +38,6 @@ from napari_invert.errors import NapariInvertError
 from napari_invert.study.layout import tap_slug
 from napari_invert.study.results import StudyResults
 from napari_invert.widgets._attack_jobs import (
-    AttackOutcome,
     CohortImages,
     Images,
     StudyImages,
@@ -67,6 +66,8 @@ from napari_invert.widgets._workers import (
 if TYPE_CHECKING:
     import napari
 
+    from napari_invert.attack.job import DecoderRun
+
 
 class AttackWidget(QWidget):
     """Train or load an inversion decoder; progress bar and Cancel; results to the viewer."""
@@ -83,7 +84,7 @@ class AttackWidget(QWidget):
         self._worker: Any = None
         self._token: CancelToken | None = None
         self._relay: ProgressRelay | None = None
-        self.last_outcome: AttackOutcome | None = None
+        self.last_outcome: DecoderRun | None = None
         self._loaded_stem: Path | None = None
         self._own = OwnModelAttack(self)
         self._build_ui()
@@ -342,9 +343,14 @@ class AttackWidget(QWidget):
             self.variant_combo.currentText(), self.arch_combo.currentText(), self.tap_combo.currentText()
         )
 
-    def _run(self, func: Any, *args: Any, what: str, spacing: tuple[float, float, float] | None) -> None:
-        def returned(outcome: AttackOutcome) -> None:
-            self._on_outcome(outcome, spacing)
+    def _run(
+        self, func: Any, *args: Any, what: str, spacing: tuple[float, float, float] | None, own: bool = False
+    ) -> None:
+        def returned(outcome: DecoderRun) -> None:
+            if own:  # the own-segmenter mode shows its own results
+                self._own.show(outcome)
+            else:
+                self._on_outcome(outcome, spacing)
 
         def errored(exc: BaseException) -> None:
             self.status.setText(f"{what.capitalize()} failed: {describe_error(exc)}")
@@ -368,10 +374,7 @@ class AttackWidget(QWidget):
             + (" (cancelling…)" if self._token and self._token.cancelled else "")
         )
 
-    def _on_outcome(self, outcome: AttackOutcome, spacing: tuple[float, float, float] | None) -> None:
-        if not isinstance(outcome, AttackOutcome):  # the own-segmenter mode's OwnDecoderRun
-            self._own.show(outcome)
-            return
+    def _on_outcome(self, outcome: DecoderRun, spacing: tuple[float, float, float] | None) -> None:
         self.last_outcome = outcome
         if outcome.cancelled:
             self.status.setText(
@@ -388,7 +391,7 @@ class AttackWidget(QWidget):
             self.status.setText(outcome.message)
         self._show_recons(outcome, spacing)
 
-    def _show_recons(self, outcome: AttackOutcome, spacing: tuple[float, float, float] | None) -> None:
+    def _show_recons(self, outcome: DecoderRun, spacing: tuple[float, float, float] | None) -> None:
         """Study mode: saved reconstructions go to the Compare grid (never loose layers)."""
         if not outcome.recons:
             return
