@@ -11,23 +11,35 @@ default preprocessing). Results are shown as original | reconstruction pairs in 
 grid.
 
 This module only wires the Qt controls of the :class:`AttackWidget` (passed in) to the core;
-it imports no other widget.
+the worker plumbing, checks and result display it shares with the study mode are
+:mod:`._attack_common`. It imports no other widget.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QListWidgetItem
 
 from napari_invert.errors import NapariInvertError
+from napari_invert.widgets._attack_common import (
+    check_attack_set,
+    chosen_decoder,
+    fill_combo,
+    fill_subject_list,
+    loss_text,
+    refuse,
+    report_cancelled,
+    show_pairs,
+)
+from napari_invert.widgets._qt_util import blocked
+
+if TYPE_CHECKING:
+    from napari_invert.attack.job import DecoderRun
 
 ARCH_LABEL = "user (your segmenter)"
-#: original | reconstruction pairs shown in the viewer after a run (all are saved)
-SHOWN_PAIRS = 3
 
 
 class OwnModelAttack:
@@ -72,15 +84,9 @@ class OwnModelAttack:
             f"Your segmenter: {model.source.name} ({model.adapter.description.get('kind', 'model')}), "
             + (f"cohort {self.data.cohort.path}" if self.data is not None else self.note)
         )
-        for combo, items in (
-            (w.variant_combo, [self.data.variant] if self.data is not None else []),
-            (w.fold_combo, []),
-            (w.arch_combo, [ARCH_LABEL]),
-        ):
-            old = combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(items)
-            combo.blockSignals(old)
+        fill_combo(w.variant_combo, [self.data.variant] if self.data is not None else [])
+        fill_combo(w.fold_combo, [])
+        fill_combo(w.arch_combo, [ARCH_LABEL])
         if model.config is not None:
             w._set_training_defaults(model.config.attack)
             w.device_combo.setCurrentText(model.config.device)
@@ -107,31 +113,25 @@ class OwnModelAttack:
     # -- the controls --------------------------------------------------------------------------
     def fill_taps(self, chosen: str | None = None) -> None:
         combo = self.w.tap_combo
-        old = combo.blockSignals(True)
-        combo.clear()
-        for entry, description in self.model.choices:
-            combo.addItem(entry)
-            combo.setItemData(combo.count() - 1, description, Qt.ToolTipRole)
-        if chosen:
-            combo.setCurrentText(chosen)
-        combo.blockSignals(old)
+        fill_combo(combo, [entry for entry, _ in self.model.choices])
+        with blocked(combo):
+            for i, (_, description) in enumerate(self.model.choices):
+                combo.setItemData(i, description, Qt.ToolTipRole)
+            if chosen:
+                combo.setCurrentText(chosen)
         self.fill_attack_list()
 
     def fill_attack_list(self) -> None:
-        w = self.w
-        w.attack_list.clear()
         ticked = set(self.attack_default) if self.attack_default is not None else None
+        rows = []
         for sid in self.ids:
             member = sid in self.trained_on
             text = sid + (
                 "  (trained the model)" if member else "  (held out)" if sid in self.holdout else ""
             )
-            item = QListWidgetItem(text)
-            item.setData(Qt.UserRole, sid)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
             on = (sid in ticked) if ticked is not None else not member
-            item.setCheckState(Qt.Checked if on and not member else Qt.Unchecked)
-            w.attack_list.addItem(item)
+            rows.append((sid, text, on and not member))
+        fill_subject_list(self.w.attack_list, rows)
 
     def target_ids(self) -> list[str]:
         """Subjects to reconstruct: the model's training subjects and held-out ones not ticked
@@ -160,25 +160,15 @@ class OwnModelAttack:
         w = self.w
         try:
             stem = self._check()
-            if stem.with_suffix(".json").is_file() and not w.replace_box.isChecked():
-                raise NapariInvertError(
-                    f"{stem}: a decoder already exists; tick 'Replace an existing decoder'"
-                )
             attack = w.attack_ids()
-            overlap = sorted(set(attack) & set(self.trained_on))
-            if overlap:
-                raise NapariInvertError(
-                    "the attack set must not contain the model's training subjects: "
-                    f"untick {', '.join(overlap)}"
-                )
-            if not attack:
-                raise NapariInvertError("tick at least one attack subject")
+            check_attack_set(
+                stem, w.replace_box.isChecked(), attack, self.trained_on, "the model's training subjects"
+            )
         except NapariInvertError as exc:
-            return self._refuse(str(exc))
+            return refuse(w.status, str(exc))
         train = w.train_config()
-        w._start_progress(train.steps, f"Training on {len(attack)} attack subjects (your segmenter)…")
         targets = self.target_ids() if w.reconstruct_box.isChecked() else []
-        w._run(
+        w.jobs.train(
             train_own_decoder,
             self.model.adapter,
             w.tap_combo.currentText(),
@@ -191,11 +181,9 @@ class OwnModelAttack:
             w.loss_combo.currentText(),
             w.device_combo.currentText(),
             self.trained_on,
-            w._relay.emit,
-            w._token,
-            what="training",
-            spacing=None,
-            own=True,
+            steps=train.steps,
+            text=f"Training on {len(attack)} attack subjects (your segmenter)…",
+            on_done=self.show,
         )
         return True
 
@@ -205,18 +193,13 @@ class OwnModelAttack:
         w = self.w
         try:
             stem = self._check()
-            chosen = str(w.decoder_file.value or "")
-            if chosen not in ("", "."):
-                stem = Path(chosen)
-                stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
+            stem = chosen_decoder(w.decoder_file) or stem
             if not stem.with_suffix(".json").is_file():
                 raise NapariInvertError(f"{stem}: no decoder yet for this tap; train one first")
         except NapariInvertError as exc:
-            return self._refuse(str(exc))
+            return refuse(w.status, str(exc))
         targets = self.target_ids()
-        w.progress.setRange(0, 0)
-        w.status.setText(f"Reconstructing {len(targets)} subjects with {stem.name}…")
-        w._run(
+        w.jobs.reconstruct(
             reconstruct_own,
             self.model.adapter,
             w.tap_combo.currentText(),
@@ -224,9 +207,8 @@ class OwnModelAttack:
             stem,
             targets,
             w.device_combo.currentText(),
-            what="reconstruction",
-            spacing=None,
-            own=True,
+            text=f"Reconstructing {len(targets)} subjects with {stem.name}…",
+            on_done=self.show,
         )
         return True
 
@@ -238,40 +220,15 @@ class OwnModelAttack:
             raise NapariInvertError("choose a tap")
         return stem
 
-    def _refuse(self, message: str) -> bool:
-        self.w.status.setText(message)
-        show_error(f"napari-invert: {message}")
-        return False
-
-    def show(self, run: Any) -> None:
+    def show(self, run: DecoderRun) -> None:
         """A finished / cancelled run: status line, and original | reconstruction pairs."""
         w = self.w
         w.last_outcome = run
-        if run.cancelled:
-            w.status.setText(
-                f"Cancelled after {run.steps_done}/{run.total_steps} steps; "
-                "Train again (same settings) to resume."
-            )
-            show_warning(f"napari-invert: training cancelled ({run.message})")
+        if report_cancelled(w.status, run):
             return
-        loss = "" if run.final_loss is None else f", final loss {run.final_loss:.5f}"
-        text = f"[feature inversion] tap {run.tap} ({' + '.join(run.layers)}): {run.message}{loss}"
+        text = f"[feature inversion] tap {run.tap} ({' + '.join(run.layers)}): {run.message}{loss_text(run)}"
         if run.written:
             text += f"\n{len(run.written)} reconstructions saved to {run.written[0].parent}"
         w.status.setText(text)
         show_info(f"napari-invert: {run.message}")
-        viewer = w._viewer
-        scale = run.spacing or (1.0, 1.0, 1.0)
-        # napari's grid fills its cells in layer order: one row per subject, original | reconstruction
-        for sid in list(run.recons)[:SHOWN_PAIRS]:
-            viewer.add_image(run.originals[sid], name=f"{sid} original", scale=scale, colormap="gray")
-            viewer.add_image(
-                run.recons[sid],
-                name=f"{sid} reconstruction (your segmenter, {run.tap})",
-                scale=scale,
-                colormap="gray",
-            )
-        if run.recons:
-            viewer.grid.enabled = True
-            viewer.grid.stride = 1
-            viewer.grid.shape = (-1, 2)  # original | reconstruction, one subject a row
+        show_pairs(w._viewer, run, f"your segmenter, {run.tap}")

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_invert.config import AttackConfig
-from napari_invert.widgets._study_widget import scrolled
+from napari_invert.widgets._qt_util import scrolled
 from napari_invert.widgets._workers import guard, guard_slot
 
 LOSSES = ("mse", "l1", "mse+ssim")

@@ -18,6 +18,8 @@ attack set defaults to the subjects the checkpoint was NOT trained on (its
 With the user's own segmenter (published by the Study widget's own-segmenter box on
 ``SessionState.audit_model_changed``) the dock attacks that model instead
 (:mod:`._attack_own`: its discovered taps, its audit config's preprocessing and subjects).
+Both modes run their jobs through :mod:`._attack_common` (worker, progress, Cancel, checks,
+results in the viewer) and the core's :mod:`napari_invert.attack.job`.
 """
 
 from __future__ import annotations
@@ -26,17 +28,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import (
-    QListWidgetItem,
-    QWidget,
-)
+from qtpy.QtWidgets import QWidget
 
 from napari_invert.config import VALID_TAPS, AttackConfig, StudyConfig, TrainConfig
 from napari_invert.errors import NapariInvertError
 from napari_invert.study.layout import tap_slug
 from napari_invert.study.results import StudyResults
+from napari_invert.widgets._attack_common import (
+    DecoderJobs,
+    add_volume,
+    check_attack_set,
+    chosen_decoder,
+    fill_combo,
+    fill_subject_list,
+    loss_text,
+    refuse,
+    report_cancelled,
+)
 from napari_invert.widgets._attack_jobs import (
     CohortImages,
     Images,
@@ -48,6 +58,7 @@ from napari_invert.widgets._attack_jobs import (
 from napari_invert.widgets._attack_own import OwnModelAttack
 from napari_invert.widgets._attack_ui import build_attack_ui
 from napari_invert.widgets._plugin_results import PluginExperiment
+from napari_invert.widgets._qt_util import unwrap_viewer
 from napari_invert.widgets._state import CohortSession, session_for
 from napari_invert.widgets._study_data import (
     architectures_of,
@@ -55,13 +66,7 @@ from napari_invert.widgets._study_data import (
     folds_of,
     segmenter_available,
 )
-from napari_invert.widgets._study_widget import unwrap_viewer
-from napari_invert.widgets._workers import (
-    CancelToken,
-    ProgressRelay,
-    describe_error,
-    start_worker,
-)
+from napari_invert.widgets._workers import describe_error
 
 if TYPE_CHECKING:
     import napari
@@ -81,9 +86,6 @@ class AttackWidget(QWidget):
         self._cohort: CohortSession | None = None
         self._cohort_ids: list[str] = []
         self._cohort_victims: list[str] = []  # the segmenter's training subjects, if recorded
-        self._worker: Any = None
-        self._token: CancelToken | None = None
-        self._relay: ProgressRelay | None = None
         self.last_outcome: DecoderRun | None = None
         self._loaded_stem: Path | None = None
         self._own = OwnModelAttack(self)
@@ -99,6 +101,7 @@ class AttackWidget(QWidget):
     # -- UI ------------------------------------------------------------------------------------
     def _build_ui(self) -> None:
         build_attack_ui(self)
+        self.jobs = DecoderJobs(self.progress, self.status, self._update_state)
         self._update_state()
 
     def _set_training_defaults(self, attack: AttackConfig) -> None:
@@ -112,7 +115,7 @@ class AttackWidget(QWidget):
     @property
     def running(self) -> bool:
         """True while a training or reconstruction worker runs."""
-        return self._worker is not None
+        return self.jobs.running
 
     def attack_ids(self) -> list[str]:
         """Ticked subjects of the attack set."""
@@ -179,33 +182,20 @@ class AttackWidget(QWidget):
         try:
             request = self._train_request()
         except NapariInvertError as exc:
-            self.status.setText(str(exc))
-            show_error(f"napari-invert: {exc}")
-            return False
-        self._start_progress(request.train.steps, f"Training on {len(request.attack_ids)} attack subjects…")
-        self._run(
+            return refuse(self.status, str(exc))
+        self._loaded_stem = None
+        self.jobs.train(
             train_decoder_job,
             request,
-            self._relay.emit,
-            self._token,
-            what="training",
-            spacing=self._spacing(),
+            steps=request.train.steps,
+            text=f"Training on {len(request.attack_ids)} attack subjects…",
+            on_done=self._result_handler(self._spacing()),
         )
         return True
 
-    def _start_progress(self, steps: int, text: str) -> None:
-        self._token = CancelToken()
-        self._relay = ProgressRelay(self._on_progress)
-        self.progress.setRange(0, steps)
-        self.progress.setValue(0)
-        self._loaded_stem = None
-        self.status.setText(text)
-
     def cancel(self) -> None:
         """Ask the running training to stop at its next step (its state is kept)."""
-        if self._token is not None and not self._token.cancelled:
-            self._token.cancel()
-            self.status.setText("Cancelling…")
+        self.jobs.cancel()
 
     def load_decoder(self) -> bool:
         """Reconstruct the fold's private subjects with a trained decoder (file or the study's)."""
@@ -213,23 +203,18 @@ class AttackWidget(QWidget):
             return False
         if self._own.active:
             return self._own.load_decoder()
-        chosen = str(self.decoder_file.value or "")
-        stem = Path(chosen) if chosen not in ("", ".") else self._default_decoder()
+        stem = chosen_decoder(self.decoder_file) or self._default_decoder()
         segmenter, images = self.segmenter_stem(), self._images()
         tap, targets = self.tap_combo.currentText(), self.private_ids()
         if stem is None or segmenter is None or images is None or not tap:
             self.status.setText("Choose a study (or cohort), a fold, an architecture and a tap first.")
             show_error("napari-invert: choose a study (or cohort), a fold, an architecture and a tap first")
             return False
-        if stem.suffix in (".json", ".safetensors"):
-            stem = stem.with_suffix("")
         # the plugin's own decoder writes the plugin's reconstructions; another decoder's are
         # only shown (the study's own are already in the study)
         recon_paths = self._plugin_recon_paths(targets) if stem == self.decoder_stem() else {}
         self._loaded_stem = stem
-        self.progress.setRange(0, 0)  # busy indicator
-        self.status.setText(f"Reconstructing {len(targets)} subjects with {stem.name}…")
-        self._run(
+        self.jobs.reconstruct(
             reconstruct_job,
             images,
             segmenter,
@@ -238,8 +223,8 @@ class AttackWidget(QWidget):
             targets,
             self.device_combo.currentText(),
             recon_paths,
-            what="reconstruction",
-            spacing=self._spacing(),
+            text=f"Reconstructing {len(targets)} subjects with {stem.name}…",
+            on_done=self._result_handler(self._spacing()),
         )
         return True
 
@@ -282,20 +267,14 @@ class AttackWidget(QWidget):
             )
         if not (segmenter.with_suffix(".safetensors").is_file() and segmenter.with_suffix(".json").is_file()):
             raise NapariInvertError(f"{segmenter}: no trained segmenter checkpoint (.safetensors + .json)")
-        exists = decoder.with_suffix(".json").is_file()
-        if exists and not self.replace_box.isChecked():
-            raise NapariInvertError(
-                f"{decoder}: a decoder already exists; tick 'Replace an existing decoder'"
-            )
         attack_ids = self.attack_ids()
-        if not attack_ids:
-            raise NapariInvertError("tick at least one attack subject")
-        overlap = sorted(set(attack_ids) & set(self._cohort_victims)) if self._cohort is not None else []
-        if overlap:
-            raise NapariInvertError(
-                f"the attack set must not contain the segmenter's training subjects (its 'trained_on'): "
-                f"untick {', '.join(overlap)}"
-            )
+        check_attack_set(
+            decoder,
+            self.replace_box.isChecked(),
+            attack_ids,
+            self._cohort_victims if self._cohort is not None else (),
+            "the segmenter's training subjects (its 'trained_on')",
+        )
         curve = None
         meta: dict[str, Any] = {}
         targets = self.private_ids() if self.reconstruct_box.isChecked() else []
@@ -343,49 +322,20 @@ class AttackWidget(QWidget):
             self.variant_combo.currentText(), self.arch_combo.currentText(), self.tap_combo.currentText()
         )
 
-    def _run(
-        self, func: Any, *args: Any, what: str, spacing: tuple[float, float, float] | None, own: bool = False
-    ) -> None:
+    def _result_handler(self, spacing: tuple[float, float, float] | None) -> Any:
+        """The worker's result handler: show the run (spacing fixed when the job started)."""
+
         def returned(outcome: DecoderRun) -> None:
-            if own:  # the own-segmenter mode shows its own results
-                self._own.show(outcome)
-            else:
-                self._on_outcome(outcome, spacing)
+            self._on_outcome(outcome, spacing)
 
-        def errored(exc: BaseException) -> None:
-            self.status.setText(f"{what.capitalize()} failed: {describe_error(exc)}")
-
-        self._worker = start_worker(
-            func,
-            *args,
-            on_returned=returned,
-            on_errored=errored,
-            on_finished=self._on_finished,
-            context=f"napari-invert: {what} failed",
-        )
-        self._update_state()
-
-    def _on_progress(self, step: int, total: int, loss: float) -> None:
-        if self.progress.maximum() != total:
-            self.progress.setRange(0, total)
-        self.progress.setValue(step)
-        self.status.setText(
-            f"Step {step}/{total}, loss {loss:.5f}"
-            + (" (cancelling…)" if self._token and self._token.cancelled else "")
-        )
+        return returned
 
     def _on_outcome(self, outcome: DecoderRun, spacing: tuple[float, float, float] | None) -> None:
         self.last_outcome = outcome
-        if outcome.cancelled:
-            self.status.setText(
-                f"Cancelled after {outcome.steps_done}/{outcome.total_steps} steps; "
-                "Train again (same settings) to resume."
-            )
-            show_warning(f"napari-invert: training cancelled ({outcome.message})")
+        if report_cancelled(self.status, outcome):
             return
         if outcome.saved is not None:
-            loss = "" if outcome.final_loss is None else f", final loss {outcome.final_loss:.5f}"
-            self.status.setText(f"Decoder saved: {outcome.saved.with_suffix('')}{loss}")
+            self.status.setText(f"Decoder saved: {outcome.saved.with_suffix('')}{loss_text(outcome)}")
             show_info(f"napari-invert: {outcome.message}")
         else:
             self.status.setText(outcome.message)
@@ -417,19 +367,10 @@ class AttackWidget(QWidget):
         label = f"{self.arch_combo.currentText() or 'segmenter'} {self.tap_combo.currentText()}"
         grid = self._viewer.canvas.grid
         for sid, recon in outcome.recons.items():
-            layer = self._viewer.add_image(
-                recon, name=f"{sid} recon (plugin, {label})", scale=spacing or (1, 1, 1), colormap="gray"
-            )
+            layer = add_volume(self._viewer, recon, f"{sid} recon (plugin, {label})", spacing)
             if grid.enabled:  # never push the Compare grid's originals out of their cells
                 self._viewer.layers.move(self._viewer.layers.index(layer), 0)
                 layer.visible = False
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self._token = None
-        if self.progress.maximum() == 0:
-            self.progress.setRange(0, 1)
-        self._update_state()
 
     # -- study / cohort -----------------------------------------------------------------------------
     def _on_study_changed(self, study: StudyResults | None) -> None:
@@ -444,16 +385,9 @@ class AttackWidget(QWidget):
             self.device_combo.setCurrentText(self._config.device)
         name = self._config.name if self._config is not None else study.root.name
         self.source_label.setText(f"Study '{name}' ({study.root})")
-        for combo, items in (
-            (self.variant_combo, [(v, v) for v in study.variants]),
-            (self.fold_combo, [(f"fold {f.fold}", f.fold) for f in folds_of(study)]),
-            (self.arch_combo, [(a, a) for a in architectures_of(study, self._config)]),
-        ):
-            old = combo.blockSignals(True)
-            combo.clear()
-            for text, data in items:
-                combo.addItem(text, data)
-            combo.blockSignals(old)
+        fill_combo(self.variant_combo, [(v, v) for v in study.variants])
+        fill_combo(self.fold_combo, [(f"fold {f.fold}", f.fold) for f in folds_of(study)])
+        fill_combo(self.arch_combo, [(a, a) for a in architectures_of(study, self._config)])
         self._on_arch_changed()
 
     def _on_cohort_changed(self, cohort: CohortSession | None) -> None:
@@ -478,15 +412,9 @@ class AttackWidget(QWidget):
             self._update_state()
             return
         self.source_label.setText(f"Cohort {cohort.cohort_path} with segmenter {cohort.segmenter_stem.name}")
-        for combo, items in (
-            (self.variant_combo, variants),
-            (self.fold_combo, []),
-            (self.arch_combo, [arch]),
-        ):
-            old = combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(items)
-            combo.blockSignals(old)
+        fill_combo(self.variant_combo, variants)
+        fill_combo(self.fold_combo, [])
+        fill_combo(self.arch_combo, [arch])
         self._on_arch_changed()
 
     def _on_audit_model(self, model: Any) -> None:
@@ -505,34 +433,28 @@ class AttackWidget(QWidget):
             self._own.fill_taps(self.tap_combo.currentText())
             return self._update_state()
         arch = self.arch_combo.currentText()
-        old = self.tap_combo.blockSignals(True)
-        self.tap_combo.clear()
         taps = list(VALID_TAPS.get(arch, ()))
         if self._config is not None and arch in self._config.attack.taps:
             taps = list(self._config.attack.taps[arch]) + [
                 t for t in taps if t not in self._config.attack.taps[arch]
             ]
-        self.tap_combo.addItems(taps)
-        self.tap_combo.blockSignals(old)
+        fill_combo(self.tap_combo, taps)
         self._on_selection_changed()
 
     def _on_selection_changed(self, *_: Any) -> None:
         if self._own.active:
             self._own.fill_attack_list()
             return self._update_state()
-        self.attack_list.clear()
         if self._study is not None and self.fold_combo.currentIndex() >= 0:
             fold = int(self.fold_combo.currentData())
             ids = next((list(f.attack) for f in folds_of(self._study) if f.fold == fold), [])
         else:
             ids = list(self._cohort_ids)
         victims = set(self._cohort_victims) if self._cohort is not None else set()
-        for sid in ids:
-            item = QListWidgetItem(sid + ("  (segmenter trained on it)" if sid in victims else ""))
-            item.setData(Qt.UserRole, sid)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Unchecked if sid in victims else Qt.Checked)
-            self.attack_list.addItem(item)
+        fill_subject_list(
+            self.attack_list,
+            [(s, s + ("  (segmenter trained on it)" if s in victims else ""), s not in victims) for s in ids],
+        )
         self._update_state()
 
     def _update_state(self, *_: Any) -> None:
