@@ -138,15 +138,24 @@ class AttackWidget(QWidget):
             return victims or [s for s in self._cohort_ids if s not in chosen][:4]
         return []
 
+    def selection(self) -> tuple[str, int, str, str] | None:
+        """Study mode: the chosen ``(variant, fold, arch, tap)``; ``None`` before a fold is
+        chosen (or outside study mode). ``arch`` / ``tap`` may still be empty."""
+        if self._study is None or self.fold_combo.currentIndex() < 0:
+            return None
+        return (
+            self.variant_combo.currentText(),
+            int(self.fold_combo.currentData()),
+            self.arch_combo.currentText(),
+            self.tap_combo.currentText(),
+        )
+
     def segmenter_stem(self) -> Path | None:
         if self._study is not None:
-            if self.fold_combo.currentIndex() < 0 or not self.arch_combo.currentText():
+            chosen = self.selection()
+            if chosen is None or not chosen[2]:
                 return None
-            return self._study.folder.segmenter_stem(
-                self.variant_combo.currentText(),
-                int(self.fold_combo.currentData()),
-                self.arch_combo.currentText(),
-            )
+            return self._study.folder.segmenter_stem(*chosen[:3])
         return self._cohort.segmenter_stem if self._cohort is not None else None
 
     def decoder_stem(self) -> Path | None:
@@ -154,14 +163,8 @@ class AttackWidget(QWidget):
         if not tap:
             return None
         if self._study is not None:
-            if self.fold_combo.currentIndex() < 0:
-                return None
-            return self._study.folder.plugin_decoder_stem(
-                self.variant_combo.currentText(),
-                int(self.fold_combo.currentData()),
-                self.arch_combo.currentText(),
-                tap,
-            )
+            chosen = self.selection()
+            return None if chosen is None else self._study.folder.plugin_decoder_stem(*chosen)
         if self._cohort is not None:
             stem = self._cohort.segmenter_stem
             return stem.with_name(f"{stem.name}_decoder_{tap_slug(tap)}")
@@ -238,14 +241,10 @@ class AttackWidget(QWidget):
 
     def _study_decoder_stem(self) -> Path | None:
         """The study's own decoder for the selection (written by ``napari-invert study``)."""
-        if self._study is None or self.fold_combo.currentIndex() < 0 or not self.tap_combo.currentText():
+        chosen = self.selection()
+        if self._study is None or chosen is None or not chosen[3]:
             return None
-        return self._study.folder.decoder_stem(
-            self.variant_combo.currentText(),
-            int(self.fold_combo.currentData()),
-            self.arch_combo.currentText(),
-            self.tap_combo.currentText(),
-        )
+        return self._study.folder.decoder_stem(*chosen)
 
     def _images(self) -> Images | None:
         if self._study is not None:
@@ -279,14 +278,10 @@ class AttackWidget(QWidget):
         meta: dict[str, Any] = {}
         targets = self.private_ids() if self.reconstruct_box.isChecked() else []
         recon_paths: dict[str, Path] = {}
-        if self._study is not None:
-            variant, fold, arch, tap = (
-                self.variant_combo.currentText(),
-                int(self.fold_combo.currentData()),
-                self.arch_combo.currentText(),
-                self.tap_combo.currentText(),
-            )
-            curve = self._study.folder.plugin_decoder_curve(variant, fold, arch, tap)
+        chosen = self.selection()
+        if self._study is not None and chosen is not None:
+            variant, fold, arch, _ = chosen
+            curve = self._study.folder.plugin_decoder_curve(*chosen)
             meta = {"variant": variant, "fold": fold, "arch": arch}
             recon_paths = self._plugin_recon_paths(targets)
         return TrainRequest(
@@ -307,15 +302,10 @@ class AttackWidget(QWidget):
 
     def _plugin_recon_paths(self, targets: list[str]) -> dict[str, Path]:
         """Where the plugin's reconstructions of ``targets`` go (study mode; else empty)."""
-        if self._study is None or self.fold_combo.currentIndex() < 0:
+        chosen = self.selection()
+        if self._study is None or chosen is None:
             return {}
-        folder, fold = self._study.folder, int(self.fold_combo.currentData())
-        variant, arch, tap = (
-            self.variant_combo.currentText(),
-            self.arch_combo.currentText(),
-            self.tap_combo.currentText(),
-        )
-        return {sid: folder.plugin_recon(variant, fold, arch, tap, sid) for sid in targets}
+        return {sid: self._study.folder.plugin_recon(*chosen, sid) for sid in targets}
 
     def _plugin_experiment(self) -> PluginExperiment:
         return PluginExperiment(
@@ -458,7 +448,7 @@ class AttackWidget(QWidget):
         self._update_state()
 
     def _update_state(self, *_: Any) -> None:
-        running = self.running
+        running, chosen = self.running, self.selection()
         has_source = self._study is not None or self._cohort is not None or self._own.active
         seg = self.segmenter_stem()
         seg_ok = (
@@ -472,31 +462,19 @@ class AttackWidget(QWidget):
         elif not has_source:
             self.segmenter_label.setText("")
         elif seg_ok:
-            has_decoder = False
-            if (
+            has_decoder = (
                 self._study is not None
-                and self.fold_combo.currentIndex() >= 0
-                and self.tap_combo.currentText()
-            ):
-                has_decoder = decoder_available(
-                    self._study,
-                    self.variant_combo.currentText(),
-                    int(self.fold_combo.currentData()),
-                    self.arch_combo.currentText(),
-                    self.tap_combo.currentText(),
-                )
+                and chosen is not None
+                and bool(chosen[3])
+                and decoder_available(self._study, *chosen)
+            )
             self.segmenter_label.setText(
                 "Trained segmenter found." + (" A decoder exists for this tap." if has_decoder else "")
             )
         else:
             self.segmenter_label.setText("No trained segmenter for this variant/fold/architecture.")
-        if self._study is not None and self.fold_combo.currentIndex() >= 0 and self.arch_combo.currentText():
-            seg_ok = seg_ok and segmenter_available(
-                self._study,
-                self.variant_combo.currentText(),
-                int(self.fold_combo.currentData()),
-                self.arch_combo.currentText(),
-            )
+        if self._study is not None and chosen is not None and chosen[2]:
+            seg_ok = seg_ok and segmenter_available(self._study, *chosen[:3])
         for widget in (
             self.variant_combo,
             self.fold_combo,
