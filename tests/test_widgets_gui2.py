@@ -164,9 +164,10 @@ def test_study_tree_names_threat_models_controls_and_membership(
     assert not any("@untrained" in t for t in everything), "the control is named, not its directory"
 
     _, archs = _section(rows, "Architectures")
-    assert ("unet: untrained victim (control) (skull_stripped)", "segmenter in 0/2 folds") in archs
+    # the control carries the network's display name (ArchKey.title / ARCH_NAMES), not "unet"
+    assert ("U-Net: untrained victim (control) (skull_stripped)", "segmenter in 0/2 folds") in archs
     _, recons = _section(rows, "Reconstructions — feature inversion")
-    assert "unet: untrained victim (control) bottleneck+skips (skull_stripped)" in [t for t, _ in recons]
+    assert "U-Net: untrained victim (control) bottleneck+skips (skull_stripped)" in [t for t, _ in recons]
 
     _, controls = _section(rows, "Controls — feature inversion")
     assert controls == [

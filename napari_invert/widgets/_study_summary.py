@@ -4,7 +4,7 @@ Pure Python (no napari/Qt): each function turns study files into ``(text, detail
 that the Study widget adds to its tree, so every number says which threat model it answers
 and stands beside its control:
 
-* :func:`arch_label`: ``unet@untrained`` -> ``"unet: untrained victim (control)"``;
+* :func:`arch_label`: ``unet@untrained`` -> ``"U-Net: untrained victim (control)"``;
 * :func:`controls_rows`: ``evaluation/controls/controls.json`` (feature inversion: members vs
   non-members top-1, untrained victim top-1), via :func:`~napari_invert.report.controls.read_controls`;
 * :func:`membership_rows`: the pooled membership AUC per architecture (training-data leakage),
@@ -21,18 +21,27 @@ from typing import Any
 
 from napari_invert._io import read_json
 from napari_invert.study.layout import StudyFolder
-from napari_invert.threat_models import CONTROL_LABEL, FEATURE_INVERSION, TRAINING_DATA_LEAKAGE, ArchKey
+from napari_invert.threat_models import (
+    ARCH_NAMES,
+    CONTROL_LABEL,
+    FEATURE_INVERSION,
+    TRAINING_DATA_LEAKAGE,
+    ArchKey,
+)
 
 Row = tuple[str, str]
 
 
 def arch_label(arch: str) -> str:
-    """Display name of an architecture directory: the control is named, never ``x@untrained``."""
+    """Display name of an architecture directory: the control is named with the network's
+    display name (``unet@untrained`` -> ``U-Net: untrained victim (control)``), never
+    ``x@untrained``; a trained victim keeps its directory name (``unet``)."""
     key = ArchKey.parse(arch)
+    name = ARCH_NAMES.get(key.arch, key.arch)
     if key.is_control:
-        return f"{key.arch}: {CONTROL_LABEL}"
+        return f"{name}: {CONTROL_LABEL}"
     if key.condition:
-        return f"{key.arch}: {key.condition} victim"
+        return f"{name}: {key.condition} victim"
     return arch
 
 
