@@ -25,6 +25,7 @@ def test_attack_training_keeps_the_study_consistent(make_napari_viewer, qtbot, t
     """Issue 13.4/19: a plugin-trained decoder, its curve and its reconstructions are saved under
     ``<tap>/plugin/``; the study's files are untouched; a cancelled run writes no curve; the
     reconstructions join the Compare grid (no loose layers), labelled, with their own scores."""
+    from napari_invert.attack import job as attack_job
     from napari_invert.checkpoint import checkpoint_exists
     from napari_invert.metrics.correlation import pearson_correlation
     from napari_invert.widgets._attack_widget import AttackWidget
@@ -59,6 +60,7 @@ def test_attack_training_keeps_the_study_consistent(make_napari_viewer, qtbot, t
     outcome = attack.last_outcome
     assert outcome is not None and outcome.cancelled and 2 <= outcome.steps_done < 100_000
     assert not checkpoint_exists(stem) and not curve.exists()
+    assert checkpoint_exists(attack_job.resume_stem(stem))  # the state is kept for a resume
     study_curve = folder.decoder_curve(variant, 0, arch, tap)
     assert study_curve.read_bytes() == before[study_curve]  # the study's own curve is untouched
     assert "Cancelled" in attack.status.text() and attack.train_button.isEnabled()
@@ -70,6 +72,7 @@ def test_attack_training_keeps_the_study_consistent(make_napari_viewer, qtbot, t
     outcome = attack.last_outcome
     assert not outcome.cancelled and outcome.saved is not None, attack.status.text()
     assert checkpoint_exists(stem) and len(curve.read_text(encoding="utf-8").splitlines()) == 1 + 3
+    assert not checkpoint_exists(attack_job.resume_stem(stem))  # removed once the decoder is saved
     for sid in fold0["private"]:
         assert folder.plugin_recon(variant, 0, arch, tap, sid).is_file()
     after = _study_files(trainable_dir)

@@ -132,6 +132,7 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     pytest.importorskip("pytestqt")
     from qtpy.QtCore import Qt
 
+    from napari_invert.attack import job as attack_job
     from napari_invert.widgets._attack_widget import AttackWidget
     from napari_invert.widgets._study_widget import StudyWidget
 
@@ -174,6 +175,7 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     run = attack.last_outcome
     assert run.cancelled and 2 <= run.steps_done < 100_000 and "Cancelled" in attack.status.text()
     assert not stem.with_suffix(".json").exists()
+    assert attack_job.resume_stem(stem).with_suffix(".json").is_file()  # the state is kept for a resume
 
     # a short training runs to the end: decoder saved, reconstructions shown beside the originals
     attack.steps.setValue(3)
@@ -187,6 +189,7 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     )
     assert sorted(run.recons) == TRAINED_ON + HOLDOUT
     assert (stem.parent / "recon" / "T01.nii.gz").is_file()
+    assert not attack_job.resume_stem(stem).with_suffix(".json").exists()  # removed once saved
     names = [layer.name for layer in viewer.layers]
     assert names[:2] == ["T01 original", "T01 reconstruction (your segmenter, bottleneck)"]
     assert viewer.grid.enabled and viewer.layers["T01 original"].data.shape == (24, 24, 24)
