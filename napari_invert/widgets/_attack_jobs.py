@@ -132,6 +132,10 @@ def train_decoder_job(
         "trained_on": list(request.attack_ids),
         "source": "napari-invert GUI",
     }
+
+    def targets() -> list[Target]:  # loaded only once the decoder is trained
+        return _targets(request.images, request.target_ids, model.multiple_of)[0]
+
     return train_decoder_for_tap(
         DecoderRun(tap=request.tap, affine=affine),
         make_tapper(model, request.tap),
@@ -143,9 +147,7 @@ def train_decoder_job(
         loss=request.loss,
         device=device,
         curve_path=request.curve_path,
-        targets=(lambda: _targets(request.images, request.target_ids, model.multiple_of)[0])
-        if request.target_ids
-        else None,
+        targets=targets if request.target_ids else None,
         recon_paths=request.recon_paths,
         on_step=on_step,
         should_stop=should_stop,
