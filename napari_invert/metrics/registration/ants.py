@@ -103,31 +103,6 @@ def resolve_preset(preset: str | RegistrationPreset) -> RegistrationPreset:
 
 
 @contextlib.contextmanager
-def _private_tempdir() -> Iterator[str]:
-    """A fresh temporary folder that is also the process's temp dir while in use.
-
-    Used around each task in the (single-threaded) worker processes: anything ANTs or
-    antspyx writes to the temp dir (``mktemp`` prefixes, transforms) lands in a folder
-    that is removed afterwards. Not used in the caller's process, where changing the
-    process-wide temp dir could surprise other threads; there :func:`register_pair` only
-    passes an ``outprefix`` inside its own ``TemporaryDirectory``.
-    """
-    with tempfile.TemporaryDirectory(prefix="napari_invert_ants_") as tmp:
-        old_tempdir = tempfile.tempdir
-        old_env = os.environ.get("TMPDIR")
-        tempfile.tempdir = tmp
-        os.environ["TMPDIR"] = tmp
-        try:
-            yield tmp
-        finally:
-            tempfile.tempdir = old_tempdir
-            if old_env is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = old_env
-
-
-@contextlib.contextmanager
 def _ants_seed(seed: int) -> Iterator[None]:
     import ants
 
