@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_invert.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from napari_invert.checkpoint import load_module_checkpoint, load_module_state, save_checkpoint
 from napari_invert.config import SegmenterConfig
 from napari_invert.device import autocast
 from napari_invert.errors import CheckpointError, ConfigError
@@ -96,14 +96,7 @@ def load_segmenter(stem: str | Path, device: str | torch.device = "cpu") -> tupl
     :class:`~napari_invert.errors.CheckpointError` naming the file when it is missing,
     corrupt or does not describe a segmenter.
     """
-    tensors, meta = load_checkpoint(stem, device="cpu")
-    source = Path(str(stem)).with_suffix(".json") if not str(stem).endswith(".json") else stem
-    spec = meta
-    if meta.get("kind") == "training_state":
-        spec = meta.get("module", {})
-        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    if spec.get("kind") != "segmenter":
-        raise CheckpointError(f"{source}: not a segmenter checkpoint (kind={spec.get('kind')!r})")
+    tensors, meta, spec, source = load_module_checkpoint(stem, "segmenter", "a segmenter")
     model = segmenter_from_spec(spec, source)
     load_module_state(model, tensors, source)
     model.to(device)
