@@ -111,12 +111,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-@torch.no_grad()
-def predict_proba(
-    model: Segmenter, image: np.ndarray, device: str | torch.device | None = None
-) -> np.ndarray:
-    """Softmax class probabilities ``(C, X, Y, Z)`` float32 in [0, 1] for one image
-    ``(X, Y, Z)`` (or ``(in_channels, X, Y, Z)``)."""
+def _logits(model: Segmenter, image: np.ndarray, device: str | torch.device | None) -> torch.Tensor:
+    """float32 logits ``(1, C, X, Y, Z)`` of one image ``(X, Y, Z)`` or ``(in_channels, X, Y,
+    Z)``, the model in eval mode on ``device`` (default: where its parameters are)."""
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     model.eval()
@@ -126,7 +123,16 @@ def predict_proba(
     x = x[None].to(device)
     with autocast(device):
         logits = model(x)
-    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    return logits.float()
+
+
+@torch.no_grad()
+def predict_proba(
+    model: Segmenter, image: np.ndarray, device: str | torch.device | None = None
+) -> np.ndarray:
+    """Softmax class probabilities ``(C, X, Y, Z)`` float32 in [0, 1] for one image
+    ``(X, Y, Z)`` (or ``(in_channels, X, Y, Z)``)."""
+    return torch.softmax(_logits(model, image, device), dim=1)[0].cpu().numpy()
 
 
 @torch.no_grad()
@@ -145,13 +151,4 @@ def predict(model: Segmenter, image: np.ndarray, device: str | torch.device | No
     -------
     ``(X, Y, Z)`` int64 class labels in ``0..n_classes-1`` (argmax of the softmax).
     """
-    device = _model_device(model) if device is None else torch.device(device)
-    model.to(device)
-    model.eval()
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32))
-    if x.ndim == 3:
-        x = x[None]
-    x = x[None].to(device)
-    with autocast(device):
-        logits = model(x)
-    return logits.float().argmax(dim=1)[0].to(torch.int64).cpu().numpy()
+    return _logits(model, image, device).argmax(dim=1)[0].to(torch.int64).cpu().numpy()
