@@ -86,12 +86,27 @@ def _images(folder: Path) -> tuple[dict[str, Path], list[Problem]]:
     return images, problems
 
 
-def _from_lpba40(root: Path) -> Cohort:
-    images, problems = _images(root / "images")
+def _images_and_labels(
+    root: Path, image_folder: str, why: str
+) -> tuple[list[str], dict[str, Path], dict[str, Path], list[Problem]]:
+    """Sorted IDs, images of ``root/image_folder``, their files in the required ``labels/``
+    (``why`` it is required goes into the error) and the layout problems of both."""
+    images, problems = _images(root / image_folder)
     if not (root / "labels").is_dir():
-        raise DataError(root / "labels", "folder not found (LPBA40 needs its label maps)")
+        raise DataError(root / "labels", f"folder not found ({why})")
     ids = sorted(images)
     labels, lp = match_to_ids(root / "labels", ids, "label")
+    return ids, images, labels, problems + lp
+
+
+def _demographics(root: Path) -> dict[str, dict[str, Any]]:
+    """``root/demographics.csv`` by subject ID, ``{}`` when there is none."""
+    path = root / "demographics.csv"
+    return read_demographics(path) if path.is_file() else {}
+
+
+def _from_lpba40(root: Path) -> Cohort:
+    ids, images, labels, problems = _images_and_labels(root, "images", "LPBA40 needs its label maps")
     subjects = [
         Subject(sid, images[sid], labels[sid], None, skull_stripped=True, mask_rule="image>0") for sid in ids
     ]
@@ -101,18 +116,13 @@ def _from_lpba40(root: Path) -> Cohort:
         root,
         kind="lpba40",
         label_names=dict(LPBA40_NAMES),
-        layout_problems=problems + lp,
+        layout_problems=problems,
     )
 
 
 def _from_ixi(root: Path) -> Cohort:
-    images, problems = _images(root / "t1")
-    if not (root / "labels").is_dir():
-        raise DataError(root / "labels", "folder not found (the IXI brain mask is label > 0)")
-    ids = sorted(images)
-    labels, lp = match_to_ids(root / "labels", ids, "label")
-    demo_path = root / "demographics.csv"
-    demo = read_demographics(demo_path) if demo_path.is_file() else {}
+    ids, images, labels, problems = _images_and_labels(root, "t1", "the IXI brain mask is label > 0")
+    demo = _demographics(root)
     subjects = [
         Subject(
             sid,
@@ -125,7 +135,7 @@ def _from_ixi(root: Path) -> Cohort:
         )
         for sid in ids
     ]
-    return Cohort(root.name, subjects, root, kind="ixi", layout_problems=problems + lp)
+    return Cohort(root.name, subjects, root, kind="ixi", layout_problems=problems)
 
 
 _COHORT_YAML_KEYS = ("name", "skull_stripped", "label_names", "mask_rule")
@@ -178,8 +188,7 @@ def _from_folder(root: Path) -> Cohort:
     if mask_rule == "file" and not masks:
         raise DataError(root / "masks", "folder not found (cohort.yaml says mask_rule: file)")
     skull_stripped = opts.get("skull_stripped", mask_rule == "image>0")
-    demo_path = root / "demographics.csv"
-    demo = read_demographics(demo_path) if demo_path.is_file() else {}
+    demo = _demographics(root)
     subjects = [
         Subject(
             sid,
