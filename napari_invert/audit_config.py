@@ -31,12 +31,10 @@ Taps (``attack.taps``): each entry is a ``+``-joined list of *roles* (``bottlene
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from napari_invert.config import (
@@ -46,7 +44,8 @@ from napari_invert.config import (
     StudyConfig,
     TrainConfig,
     _format_validation_error,
-    default_data_root,
+    expand_config_path,
+    read_config_yaml,
 )
 from napari_invert.errors import ConfigError
 
@@ -273,15 +272,6 @@ class AuditConfig(_Strict):
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _expand(value: str, base: Path) -> Path:
-    raw = os.path.expanduser(os.path.expandvars(str(value)))
-    if "$" in raw:
-        root = default_data_root().as_posix()
-        raw = raw.replace("${NAPARI_INVERT_DATA}", root).replace("$NAPARI_INVERT_DATA", root)
-    p = Path(raw)
-    return p if p.is_absolute() else (base / p).resolve()
-
-
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     data = dict(data)
     model = data.get("model")
@@ -289,31 +279,24 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
         model = dict(model)
         for key in _PATH_KEYS:
             if isinstance(model.get(key), (str, Path)) and str(model[key]).lower() != "none":
-                model[key] = _expand(model[key], base)
+                model[key] = expand_config_path(model[key], base)
         data["model"] = model
     cohort = data.get("cohort")
     if isinstance(cohort, dict) and cohort.get("path"):
-        data["cohort"] = {**cohort, "path": _expand(cohort["path"], base)}
+        data["cohort"] = {**cohort, "path": expand_config_path(cohort["path"], base)}
     subjects = data.get("subjects")
     if isinstance(subjects, dict):
         subjects = dict(subjects)
         for key in ("trained_on", "attack", "holdout"):
             v = subjects.get(key)
             if isinstance(v, str) and v not in ("unknown", "rest"):
-                subjects[key] = str(_expand(v, base))
+                subjects[key] = str(expand_config_path(v, base))
         data["subjects"] = subjects
     return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_config_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -100,6 +100,28 @@ def load_checkpoint(
     return tensors, meta
 
 
+def load_module_checkpoint(
+    stem: str | Path, kind: str, what: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], str | Path]:
+    """Load a saved module whose description has ``kind``, or a training checkpoint of one.
+
+    Returns ``(tensors, meta, spec, source)``: ``meta`` is the JSON as stored; ``spec`` the
+    module's description (``meta`` itself, or for a resumable training checkpoint, kind
+    ``training_state``, its ``module`` entry, with ``tensors`` its ``model/`` weights without
+    that prefix); ``source`` the JSON path, for messages. A description of another kind is a
+    :class:`CheckpointError` "not ``what`` checkpoint" (``what``: e.g. ``"a segmenter"``).
+    """
+    tensors, meta = load_checkpoint(stem, device="cpu")
+    source = Path(str(stem)).with_suffix(".json") if not str(stem).endswith(".json") else stem
+    spec = meta
+    if meta.get("kind") == "training_state":
+        spec = meta.get("module", {})
+        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
+    if spec.get("kind") != kind:
+        raise CheckpointError(f"{source}: not {what} checkpoint (kind={spec.get('kind')!r})")
+    return tensors, meta, spec, source
+
+
 def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Return a module's parameters and buffers as a flat name -> tensor dict."""
     return dict(module.state_dict())

@@ -489,28 +489,41 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> St
     ``$NAPARI_INVERT_DATA`` / ``~`` are expanded, so sample configs work from anywhere.
     ``overrides`` is a nested dict merged over the file's content before validation.
     """
-    import os
-
     path = Path(path)
+    data = read_config_yaml(path)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    cohort = data.get("cohort") if isinstance(data, dict) else None
+    if isinstance(cohort, dict) and cohort.get("path"):
+        cohort["path"] = expand_config_path(cohort["path"], path.parent)
+    return parse_config(data, source=str(path))
+
+
+def read_config_yaml(path: Path) -> Any:
+    """The YAML document of a config file (``{}`` when empty); :class:`ConfigError` naming
+    the file when it is missing or not valid YAML."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     try:
-        data = yaml.safe_load(text) or {}
+        return yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    if overrides:
-        data = _deep_merge(data, overrides)
-    cohort = data.get("cohort") if isinstance(data, dict) else None
-    if isinstance(cohort, dict) and cohort.get("path"):
-        raw = os.path.expanduser(os.path.expandvars(str(cohort["path"])))
-        if "$" in raw:
-            raw = raw.replace("${NAPARI_INVERT_DATA}", default_data_root().as_posix())
-            raw = raw.replace("$NAPARI_INVERT_DATA", default_data_root().as_posix())
-        p = Path(raw)
-        cohort["path"] = p if p.is_absolute() else (path.parent / p).resolve()
-    return parse_config(data, source=str(path))
+
+
+def expand_config_path(value: str | Path, base: Path) -> Path:
+    """A path written in a config file: ``~`` and environment variables expanded
+    (``$NAPARI_INVERT_DATA``, when unset, is :func:`default_data_root`), relative paths
+    resolved against ``base`` (the config file's folder)."""
+    import os
+
+    raw = os.path.expanduser(os.path.expandvars(str(value)))
+    if "$" in raw:
+        root = default_data_root().as_posix()
+        raw = raw.replace("${NAPARI_INVERT_DATA}", root).replace("$NAPARI_INVERT_DATA", root)
+    p = Path(raw)
+    return p if p.is_absolute() else (base / p).resolve()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from monai.networks.blocks import Convolution, UpSample
 from torch import Tensor, nn
 
 from napari_invert.attack.taps import Tapper
-from napari_invert.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from napari_invert.checkpoint import load_module_checkpoint, load_module_state, save_checkpoint
 from napari_invert.errors import CheckpointError
 from napari_invert.models.base import conv_block
 
@@ -312,14 +312,7 @@ def load_decoder(
     Returns ``(decoder in eval mode on device, meta)``; raises
     :class:`~napari_invert.errors.CheckpointError` naming the file on any problem.
     """
-    tensors, meta = load_checkpoint(stem, device="cpu")
-    source = Path(str(stem)).with_suffix(".json") if not str(stem).endswith(".json") else stem
-    spec = meta
-    if meta.get("kind") == "training_state":
-        spec = meta.get("module", {})
-        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    if spec.get("kind") != "inversion_decoder":
-        raise CheckpointError(f"{source}: not an inversion-decoder checkpoint (kind={spec.get('kind')!r})")
+    tensors, meta, spec, source = load_module_checkpoint(stem, "inversion_decoder", "an inversion-decoder")
     try:
         decoder = InversionDecoder.from_spec(spec["decoder"])
     except (KeyError, TypeError, ValueError) as exc:

@@ -21,18 +21,19 @@ What Opacus supports here (checked with Opacus 1.6):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from napari_invert.config import TrainConfig
 from napari_invert.defences.spec import DefenceSpec
 from napari_invert.errors import ConfigError
 from napari_invert.models.base import Segmenter
 from napari_invert.models.training import segmentation_loss
+
+if TYPE_CHECKING:
+    from napari_invert.defences.training import VictimTraining
 
 
 def _require_opacus() -> Any:
@@ -71,17 +72,7 @@ def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: f
     return float(acc.get_epsilon(delta=float(delta)))
 
 
-def train_dp_sgd(
-    model: Segmenter,
-    spec: DefenceSpec,
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    config: TrainConfig,
-    device: torch.device,
-    meta: dict[str, Any],
-    description: str,
-    **common: Any,
-) -> dict[str, Any]:
+def train_dp_sgd(model: Segmenter, spec: DefenceSpec, run: VictimTraining) -> dict[str, Any]:
     """Train ``model`` with DP-SGD (Adam on clipped, noised per-sample gradients).
 
     ``spec.strength`` is the noise multiplier; ``spec.params`` gives ``max_grad_norm`` and
@@ -92,20 +83,18 @@ def train_dp_sgd(
     from opacus.grad_sample import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    from napari_invert.defences.training import _loop
-
-    n = len(images)
+    config = run.config
+    n = len(run.images)
     if config.batch_size > n:
         raise ConfigError(
             f"defences: dp_sgd batch_size {config.batch_size} exceeds the {n} training subjects"
         )
     max_norm = float(spec.params.get("max_grad_norm", 1.0))
     delta = float(spec.params.get("delta", 1e-5))
-    model.to(device)
+    model.to(run.device)
     gsm = GradSampleModule(model)
-    base = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     optimizer = DPOptimizer(
-        base,
+        run.adam(model.parameters()),
         noise_multiplier=float(spec.strength),
         max_grad_norm=max_norm,
         expected_batch_size=config.batch_size,
@@ -118,9 +107,9 @@ def train_dp_sgd(
         per_sample = [seg_loss(logits[i : i + 1].float(), y[i : i + 1]) for i in range(x.shape[0])]
         return torch.stack(per_sample).mean()
 
-    meta = {**meta, "dp": {"max_grad_norm": max_norm, "delta": delta}}
+    meta = {**run.meta, "dp": {"max_grad_norm": max_norm, "delta": delta}}
     try:
-        _loop(model, model, optimizer, images, labels, config, device, loss_dp, meta, description, **common)
+        run.loop(model, model, optimizer, loss_dp, meta=meta)
     finally:
         gsm._close()  # remove Opacus' hooks; the weights stay in ``model``
     q = config.batch_size / n

@@ -18,7 +18,8 @@ returns the model the world sees (a :class:`DefendedSegmenter` for noise/quantis
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,53 +74,73 @@ def perturbation_for(spec: DefenceSpec, seed: int = 0) -> nn.Module | None:
     return None
 
 
-def _loop(
-    module: nn.Module,
-    model: Segmenter,
-    optimizer: torch.optim.Optimizer,
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    config: TrainConfig,
-    device: torch.device,
-    batch_loss: BatchLoss,
-    module_meta: dict[str, Any],
-    description: str,
-    checkpoint_stem: str | Path | None,
-    curve_path: str | Path | None,
-    progress: bool,
-    on_step: OnStep | None,
-    should_stop: ShouldStop | None,
-) -> list[dict[str, Any]]:
-    """:func:`run_training_loop` over (image, label) batches with ``batch_loss``."""
-    x_all = stack_images(images, "images")
-    y_all = _stack_labels(labels, model.n_classes, tuple(x_all.shape[2:]))
-    model.check_input(x_all[:1])
-    module.to(device)
-    x_all, y_all = stage_on_device([x_all, y_all], device)
+@dataclass(frozen=True)
+class VictimTraining:
+    """What every training-time defence trains on and how, whatever its loss.
 
-    def compute_loss(batch: list[int], rng: np.random.Generator) -> Tensor:
-        idx = torch.as_tensor(batch)
-        x = x_all[idx].to(device)
-        y = y_all[idx].to(device).long()
-        if config.augment:
-            x = augment_intensity(x, rng)
-        return batch_loss(x, y, rng)
+    ``images`` / ``labels``: the members' ``(X, Y, Z)`` float32 images and integer label
+    maps; ``meta``: the checkpoint's module description; ``description``: progress label.
+    The rest is passed on to :func:`run_training_loop` (resume, CSV curve, progress,
+    callbacks, cancellation).
+    """
 
-    return run_training_loop(
-        module=module,
-        optimizer=optimizer,
-        n_samples=len(images),
-        compute_loss=compute_loss,
-        config=config,
-        device=device,
-        module_meta=module_meta,
-        checkpoint_stem=checkpoint_stem,
-        curve_path=curve_path,
-        progress=progress,
-        on_step=on_step,
-        should_stop=should_stop,
-        description=description,
-    )
+    images: Sequence[np.ndarray]
+    labels: Sequence[np.ndarray]
+    config: TrainConfig
+    device: torch.device
+    meta: dict[str, Any]
+    description: str
+    checkpoint_stem: str | Path | None = None
+    curve_path: str | Path | None = None
+    progress: bool = True
+    on_step: OnStep | None = None
+    should_stop: ShouldStop | None = None
+
+    def adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
+        """Adam over ``params`` with the configured ``lr`` and ``weight_decay``."""
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def loop(
+        self,
+        module: nn.Module,
+        model: Segmenter,
+        optimizer: torch.optim.Optimizer,
+        batch_loss: BatchLoss,
+        meta: dict[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """:func:`run_training_loop` of ``module`` (the checkpointed networks; ``model`` is
+        the victim among them) over (image, label) batches with ``batch_loss``; ``meta``
+        replaces :attr:`meta` in the checkpoint. Returns the curve rows."""
+        config, device = self.config, self.device
+        x_all = stack_images(self.images, "images")
+        y_all = _stack_labels(self.labels, model.n_classes, tuple(x_all.shape[2:]))
+        model.check_input(x_all[:1])
+        module.to(device)
+        x_all, y_all = stage_on_device([x_all, y_all], device)
+
+        def compute_loss(batch: list[int], rng: np.random.Generator) -> Tensor:
+            idx = torch.as_tensor(batch)
+            x = x_all[idx].to(device)
+            y = y_all[idx].to(device).long()
+            if config.augment:
+                x = augment_intensity(x, rng)
+            return batch_loss(x, y, rng)
+
+        return run_training_loop(
+            module=module,
+            optimizer=optimizer,
+            n_samples=len(self.images),
+            compute_loss=compute_loss,
+            config=config,
+            device=device,
+            module_meta=self.meta if meta is None else meta,
+            checkpoint_stem=self.checkpoint_stem,
+            curve_path=self.curve_path,
+            progress=self.progress,
+            on_step=self.on_step,
+            should_stop=self.should_stop,
+            description=self.description,
+        )
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -192,7 +213,7 @@ def train_defended_victim(
     info: dict[str, Any] = {}
     seg_loss = segmentation_loss()
     meta = {"kind": "defended_segmenter", "segmenter": model.spec(), "defence": spec.to_dict()}
-    desc = f"{arch}@{spec.slug} training"
+    run = VictimTraining(images, labels, config, device, meta, f"{arch}@{spec.slug} training", **common)
     trains_through = spec.kind in ("noise", "quantise") and bool(spec.params.get("train", True))
 
     if spec.kind in ("none", "expose_less") or (perturbation is not None and not trains_through):
@@ -206,8 +227,7 @@ def train_defended_victim(
                 logits = model.decode(perturbation(model.encode(x)))
             return seg_loss(logits.float(), y)
 
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        _loop(model, model, opt, images, labels, config, device, loss_through, meta, desc, **common)
+        run.loop(model, model, run.adam(model.parameters()), loss_through)
     elif spec.kind == "nopeek":
         positions = int(spec.params.get("positions", 256))
 
@@ -218,14 +238,13 @@ def train_defended_victim(
             penalty = nopeek_penalty(x.float(), [t.float() for t in exposed_float_tensors(f)], positions, rng)
             return seg_loss(logits.float(), y) + spec.strength * penalty
 
-        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        _loop(model, model, opt, images, labels, config, device, loss_nopeek, meta, desc, **common)
+        run.loop(model, model, run.adam(model.parameters()), loss_nopeek)
     elif spec.kind == "adversarial":
-        info.update(train_adversarial(model, spec, images, labels, config, device, meta, desc, **common))
+        info.update(train_adversarial(model, spec, run))
     elif spec.kind == "dp_sgd":
         from napari_invert.defences.dp import train_dp_sgd
 
-        info.update(train_dp_sgd(model, spec, images, labels, config, device, meta, desc, **common))
+        info.update(train_dp_sgd(model, spec, run))
     else:
         raise ConfigError(f"defences: unknown defence kind '{spec.kind}'")
     model.eval()
@@ -233,17 +252,7 @@ def train_defended_victim(
     return model, deployed, info
 
 
-def train_adversarial(
-    model: Segmenter,
-    spec: DefenceSpec,
-    images: Sequence[np.ndarray],
-    labels: Sequence[np.ndarray],
-    config: TrainConfig,
-    device: torch.device,
-    meta: dict[str, Any],
-    description: str,
-    **common: Any,
-) -> dict[str, Any]:
+def train_adversarial(model: Segmenter, spec: DefenceSpec, run: VictimTraining) -> dict[str, Any]:
     """Min-max training against an inversion decoder (the adversary).
 
     One optimiser step updates both players: the adversary ``D`` minimises
@@ -254,7 +263,8 @@ def train_adversarial(
     The adversary is discarded afterwards: the evaluation's attacker is retrained from
     scratch against the finished victim.
     """
-    sample = stack_images(images[:1], "images").to(device)
+    device = run.device
+    sample = stack_images(run.images[:1], "images").to(device)
     model.to(device)
     adversary = make_adversary(model, sample, int(spec.params.get("adversary_base_filters", 8)))
     pair = nn.ModuleDict({"victim": model, "adversary": adversary})
@@ -268,7 +278,6 @@ def train_adversarial(
             recon = adversary(_adversary_inputs(f, weight))
         return seg_loss(logits.float(), y) + torch.nn.functional.mse_loss(recon.float(), x)
 
-    opt = torch.optim.Adam(pair.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    meta = {**meta, "adversary": adversary.spec()}
-    rows = _loop(pair, model, opt, images, labels, config, device, loss_adv, meta, description, **common)
+    opt = run.adam(pair.parameters())
+    rows = run.loop(pair, model, opt, loss_adv, meta={**run.meta, "adversary": adversary.spec()})
     return {"final_loss_seg_plus_adversary_mse": float(rows[-1]["loss"]) if rows else None}

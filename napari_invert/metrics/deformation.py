@@ -2,31 +2,13 @@
 
 The implementation is split by concern under :mod:`napari_invert.metrics.registration`
 (``common``, ``ants``, ``fireants``, ``matrix``); this module keeps the public names
-importable from their old place.
+importable from their old place. It re-exports that package's ``__all__`` rather than a
+copy of the list, so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
-from napari_invert.metrics.registration import (
-    CACHE_VERSION,
-    PRESETS,
-    DeformationResult,
-    RegistrationPreset,
-    candidate_pairs,
-    deformation_matrix,
-    magnitude_cache_path,
-    pairs_to_matrix,
-    register_pair,
-)
+from napari_invert.metrics import registration as _registration
+from napari_invert.metrics.registration import *  # noqa: F403
 
-__all__ = [
-    "CACHE_VERSION",
-    "PRESETS",
-    "DeformationResult",
-    "RegistrationPreset",
-    "candidate_pairs",
-    "deformation_matrix",
-    "magnitude_cache_path",
-    "pairs_to_matrix",
-    "register_pair",
-]
+__all__ = list(_registration.__all__)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_invert.checkpoint import load_checkpoint, load_module_state, save_checkpoint
+from napari_invert.checkpoint import load_module_checkpoint, load_module_state, save_checkpoint
 from napari_invert.config import SegmenterConfig
 from napari_invert.device import autocast
 from napari_invert.errors import CheckpointError, ConfigError
@@ -96,14 +96,7 @@ def load_segmenter(stem: str | Path, device: str | torch.device = "cpu") -> tupl
     :class:`~napari_invert.errors.CheckpointError` naming the file when it is missing,
     corrupt or does not describe a segmenter.
     """
-    tensors, meta = load_checkpoint(stem, device="cpu")
-    source = Path(str(stem)).with_suffix(".json") if not str(stem).endswith(".json") else stem
-    spec = meta
-    if meta.get("kind") == "training_state":
-        spec = meta.get("module", {})
-        tensors = {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
-    if spec.get("kind") != "segmenter":
-        raise CheckpointError(f"{source}: not a segmenter checkpoint (kind={spec.get('kind')!r})")
+    tensors, meta, spec, source = load_module_checkpoint(stem, "segmenter", "a segmenter")
     model = segmenter_from_spec(spec, source)
     load_module_state(model, tensors, source)
     model.to(device)
@@ -118,12 +111,9 @@ def _model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-@torch.no_grad()
-def predict_proba(
-    model: Segmenter, image: np.ndarray, device: str | torch.device | None = None
-) -> np.ndarray:
-    """Softmax class probabilities ``(C, X, Y, Z)`` float32 in [0, 1] for one image
-    ``(X, Y, Z)`` (or ``(in_channels, X, Y, Z)``)."""
+def _logits(model: Segmenter, image: np.ndarray, device: str | torch.device | None) -> torch.Tensor:
+    """float32 logits ``(1, C, X, Y, Z)`` of one image ``(X, Y, Z)`` or ``(in_channels, X, Y,
+    Z)``, the model in eval mode on ``device`` (default: where its parameters are)."""
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
     model.eval()
@@ -133,7 +123,16 @@ def predict_proba(
     x = x[None].to(device)
     with autocast(device):
         logits = model(x)
-    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    return logits.float()
+
+
+@torch.no_grad()
+def predict_proba(
+    model: Segmenter, image: np.ndarray, device: str | torch.device | None = None
+) -> np.ndarray:
+    """Softmax class probabilities ``(C, X, Y, Z)`` float32 in [0, 1] for one image
+    ``(X, Y, Z)`` (or ``(in_channels, X, Y, Z)``)."""
+    return torch.softmax(_logits(model, image, device), dim=1)[0].cpu().numpy()
 
 
 @torch.no_grad()
@@ -152,13 +151,4 @@ def predict(model: Segmenter, image: np.ndarray, device: str | torch.device | No
     -------
     ``(X, Y, Z)`` int64 class labels in ``0..n_classes-1`` (argmax of the softmax).
     """
-    device = _model_device(model) if device is None else torch.device(device)
-    model.to(device)
-    model.eval()
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32))
-    if x.ndim == 3:
-        x = x[None]
-    x = x[None].to(device)
-    with autocast(device):
-        logits = model(x)
-    return logits.float().argmax(dim=1)[0].to(torch.int64).cpu().numpy()
+    return _logits(model, image, device).argmax(dim=1)[0].to(torch.int64).cpu().numpy()

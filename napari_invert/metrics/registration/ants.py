@@ -26,7 +26,6 @@ on an executor pin it or move to a fresh process
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import tempfile
 import time
@@ -39,6 +38,8 @@ import numpy as np
 from napari_invert.metrics.registration.common import (
     DeformationResult,
     check_pair,
+    lookup_preset,
+    preset_fields,
     result_from_displacement,
 )
 
@@ -69,7 +70,7 @@ class RegistrationPreset:
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a JSON-ready dict (used in cache keys)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return preset_fields(self)
 
 
 PRESETS: dict[str, RegistrationPreset] = {
@@ -98,35 +99,7 @@ def resolve_preset(preset: str | RegistrationPreset) -> RegistrationPreset:
     """A preset by name (``fast``, ``paper``) or the given :class:`RegistrationPreset`."""
     if isinstance(preset, RegistrationPreset):
         return preset
-    try:
-        return PRESETS[preset]
-    except KeyError:
-        raise ValueError(f"unknown registration preset '{preset}' (choose from {sorted(PRESETS)})") from None
-
-
-@contextlib.contextmanager
-def _private_tempdir() -> Iterator[str]:
-    """A fresh temporary folder that is also the process's temp dir while in use.
-
-    Used around each task in the (single-threaded) worker processes: anything ANTs or
-    antspyx writes to the temp dir (``mktemp`` prefixes, transforms) lands in a folder
-    that is removed afterwards. Not used in the caller's process, where changing the
-    process-wide temp dir could surprise other threads; there :func:`register_pair` only
-    passes an ``outprefix`` inside its own ``TemporaryDirectory``.
-    """
-    with tempfile.TemporaryDirectory(prefix="napari_invert_ants_") as tmp:
-        old_tempdir = tempfile.tempdir
-        old_env = os.environ.get("TMPDIR")
-        tempfile.tempdir = tmp
-        os.environ["TMPDIR"] = tmp
-        try:
-            yield tmp
-        finally:
-            tempfile.tempdir = old_tempdir
-            if old_env is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = old_env
+    return lookup_preset(PRESETS, preset, "registration")
 
 
 @contextlib.contextmanager
@@ -214,13 +187,12 @@ def register_pair_ants(
         u = ants.image_read(warp_files[0]).numpy().astype(np.float32)
         affine = _read_affine(affine_files[0])
     seconds = time.perf_counter() - t0
-    if u.shape != (*fixed.shape, 3):
-        raise RuntimeError(f"displacement field has shape {u.shape}, expected {(*fixed.shape, 3)}")
     return result_from_displacement(
         u,
         affine,
         mask,
         sp,
+        fixed_shape=fixed.shape,
         preset=pre.name,
         seed=seed,
         seconds=seconds,

@@ -10,13 +10,14 @@ the affine stage; ``mean_norm`` is the mean ``|u|`` (non-linear part only).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -38,6 +39,8 @@ CACHE_VERSION = 1
 
 #: Registration backends of the deformation metric.
 BACKENDS = ("ants", "fireants")
+
+_Preset = TypeVar("_Preset")
 
 
 @dataclass
@@ -93,6 +96,19 @@ def check_backend(backend: str) -> str:
     return backend
 
 
+def lookup_preset(presets: Mapping[str, _Preset], name: str, what: str) -> _Preset:
+    """``presets[name]``, else ValueError naming the choices (``what``: e.g. ``"FireANTs"``)."""
+    try:
+        return presets[name]
+    except KeyError:
+        raise ValueError(f"unknown {what} preset '{name}' (choose from {sorted(presets)})") from None
+
+
+def preset_fields(preset: Any) -> dict[str, Any]:
+    """A preset dataclass's fields as a JSON-ready dict, tuples as lists (for cache keys)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(preset).items()}
+
+
 def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     sp = tuple(float(s) for s in spacing)
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
@@ -133,13 +149,20 @@ def result_from_displacement(
     mask: np.ndarray | None,
     spacing: tuple[float, float, float],
     *,
+    fixed_shape: tuple[int, ...],
     preset: str,
     seed: int,
     seconds: float,
     backend: str,
     keep_displacement: bool,
 ) -> DeformationResult:
-    """The metric from a displacement field ``u`` ``(X, Y, Z, 3)`` mm and affine ``A`` (4x4)."""
+    """The metric from a displacement field ``u`` ``(X, Y, Z, 3)`` mm and affine ``A`` (4x4).
+
+    ``fixed_shape``: ``(X, Y, Z)`` of the fixed image; a ``u`` of another shape (a backend
+    returning something unexpected) is a RuntimeError.
+    """
+    if u.shape != (*fixed_shape, 3):
+        raise RuntimeError(f"{backend} displacement field has shape {u.shape}, expected {(*fixed_shape, 3)}")
     shape = u.shape[:3]
     magnitude = np.sqrt(np.sum(u.astype(np.float64) ** 2, axis=-1)).astype(np.float32)
     sel = mask if mask is not None else np.ones(shape, dtype=bool)

@@ -21,7 +21,6 @@ Deterministic on the CPU (no random sampling; ``seed`` is recorded only).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import logging
 import time
@@ -35,6 +34,8 @@ from napari_invert.errors import ConfigError
 from napari_invert.metrics.registration.common import (
     DeformationResult,
     check_pair,
+    lookup_preset,
+    preset_fields,
     result_from_displacement,
 )
 
@@ -61,8 +62,7 @@ class FireantsPreset:
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a JSON-ready dict (used in cache keys)."""
-        d = dataclasses.asdict(self)
-        return {"fireants": True, **{k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}}
+        return {"fireants": True, **preset_fields(self)}
 
 
 FIREANTS_PRESETS: dict[str, FireantsPreset] = {
@@ -91,12 +91,7 @@ def resolve_fireants_preset(preset: str | FireantsPreset) -> FireantsPreset:
     if isinstance(preset, FireantsPreset):
         return preset
     name = getattr(preset, "name", preset)  # an ANTs RegistrationPreset maps by its name
-    try:
-        return FIREANTS_PRESETS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown FireANTs preset '{name}' (choose from {sorted(FIREANTS_PRESETS)})"
-        ) from None
+    return lookup_preset(FIREANTS_PRESETS, name, "FireANTs")
 
 
 @contextlib.contextmanager
@@ -240,13 +235,12 @@ def register_pair_fireants(
     u = u_mm.detach().cpu().numpy().transpose(2, 1, 0, 3).astype(np.float32)  # (X, Y, Z, 3)
     affine = affine_t[0].cpu().numpy().astype(np.float64)
     seconds = time.perf_counter() - t0
-    if u.shape != (*fixed.shape, 3):
-        raise RuntimeError(f"FireANTs displacement has shape {u.shape}, expected {(*fixed.shape, 3)}")
     return result_from_displacement(
         u,
         affine,
         mask,
         sp,
+        fixed_shape=fixed.shape,
         preset=pre.name,
         seed=seed,
         seconds=seconds,

@@ -127,7 +127,11 @@ def _private_tempdir() -> Iterator[str]:
     """A fresh temporary folder that is also the process's temp dir while in use.
 
     Used around each task in the (single-threaded) worker processes: anything ANTs or
-    antspyx writes to the temp dir lands in a folder that is removed afterwards.
+    antspyx writes to the temp dir (``mktemp`` prefixes, transforms) lands in a folder
+    that is removed afterwards. Not used in the caller's process, where changing the
+    process-wide temp dir could surprise other threads; there
+    :func:`~napari_invert.metrics.registration.ants.register_pair_ants` only passes an
+    ``outprefix`` inside its own ``TemporaryDirectory``.
     """
     with tempfile.TemporaryDirectory(prefix="napari_invert_ants_") as tmp:
         old_tempdir = tempfile.tempdir
