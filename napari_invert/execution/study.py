@@ -23,6 +23,7 @@ from typing import Any
 from napari_invert.config import StudyConfig
 from napari_invert.execution.base import Executor, Unit
 from napari_invert.study.layout import StudyFolder
+from napari_invert.study.selection import select_victims
 
 __all__ = ["run_study_units", "shadow_unit", "shadow_units", "study_units", "victim_unit"]
 
@@ -85,13 +86,11 @@ def study_units(
     """
     ex = config.execution
     payload = config.model_dump(mode="json")
-    chosen_folds = sorted(set(folds)) if folds is not None else list(range(config.folds))
-    chosen_variants = list(variants) if variants is not None else list(config.preprocess.variants)
-    chosen_archs = list(architectures) if architectures is not None else list(config.segmenter.architectures)
+    chosen = select_victims(config, folds, variants, architectures)
     units = []
-    for fold in chosen_folds:
-        for variant in chosen_variants:
-            for arch in chosen_archs:
+    for fold in chosen.folds:
+        for variant in chosen.variants:
+            for arch in chosen.architectures:
                 units.append(
                     Unit(
                         key=victim_key(variant, fold, arch),

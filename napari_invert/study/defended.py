@@ -34,6 +34,7 @@ from napari_invert._io import read_json, write_json_atomic
 from napari_invert.config import StudyConfig
 from napari_invert.defences.spec import REFERENCE, DefenceSpec, expand_defences
 from napari_invert.study.layout import StudyFolder
+from napari_invert.study.selection import select_victims
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,15 @@ def run_defended_study(
     if defences is not None:
         wanted = set(defences)
         specs = [s for s in specs if s.slug in wanted]
-    chosen_folds = None if folds is None else set(folds)
-    archs = list(architectures or config.segmenter.architectures)
+    # an empty variant or architecture list means all of them here (as in the study runner)
+    chosen = select_victims(config, folds, variants or None, architectures or None)
     out: list[Path] = []
-    for variant in variants or config.preprocess.variants:
+    for variant in chosen.variants:
         data = _VariantData(folder, variant)
         for fold in folder.read_splits()["folds"]:
-            if chosen_folds is not None and int(fold["fold"]) not in chosen_folds:
+            if int(fold["fold"]) not in chosen.folds:
                 continue
-            for arch in archs:
+            for arch in chosen.architectures:
                 for spec in specs:
                     if not spec.applies_to(arch):
                         continue
@@ -136,7 +137,7 @@ def run_defended_parallel(
     from napari_invert.study.runner import StudyRunner
 
     StudyRunner(config, out_dir, device=device, folds=[], progress=kw.get("progress", True)).run()
-    chosen = sorted(set(folds)) if folds is not None else list(range(config.folds))
+    chosen = select_victims(config, folds).folds
     groups = [chosen[i::jobs] for i in range(jobs) if chosen[i::jobs]]
     payload = config.model_dump(mode="json")
     with ProcessPoolExecutor(max_workers=len(groups), mp_context=get_context("spawn")) as pool:
