@@ -88,6 +88,13 @@ def call_unit(func: str, config: dict[str, Any], paths: dict[str, str], threads:
     return getattr(importlib.import_module(module), name)(config, paths)
 
 
+def notice(message: str) -> None:
+    """One ``napari-invert: <message>`` line on stderr, at once (interrupts, cancellations)."""
+    import sys
+
+    print(f"napari-invert: {message}", file=sys.stderr, flush=True)
+
+
 class Executor(Protocol):
     """Runs units; ``map`` returns ``{unit.key: result}`` once every unit finished."""
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from napari_invert.errors import ConfigError
-from napari_invert.execution.base import Unit, UnitFailed, call_unit
+from napari_invert.execution.base import Unit, UnitFailed, call_unit, notice
 
 __all__ = ["RayExecutor", "cancel_tasks", "import_ray"]
 
@@ -49,35 +49,31 @@ def cancel_tasks(ray: Any, refs: Sequence[Any], keys: Sequence[str], grace_s: fl
     still running after ``grace_s`` seconds (stuck in native code) is killed with its worker
     process (``force=True``). Prints one line per step to stderr.
     """
-    import sys
-
     refs = list(refs)
     if not refs:
         return
-    print(
-        f"napari-invert: interrupted: cancelling {len(refs)} unfinished Ray task(s): {', '.join(keys)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    notice(f"interrupted: cancelling {len(refs)} unfinished Ray task(s): {', '.join(keys)}")
+    left = _cancel_and_wait(ray, refs, force=False, grace_s=grace_s)
+    if left:
+        notice(f"{len(left)} Ray task(s) still running: killing their worker processes")
+        left = _cancel_and_wait(ray, left, force=True, grace_s=grace_s)
+    if left:  # pragma: no cover - Ray did not confirm the kill
+        notice(f"Ray did not confirm the end of {len(left)} task(s)")
+    else:
+        notice("no Ray task of this run is running any more")
+
+
+def _cancel_and_wait(ray: Any, refs: list[Any], force: bool, grace_s: float) -> list[Any]:
+    """Cancel ``refs`` (``force``: kill their worker processes) and wait up to ``grace_s``
+    seconds for them to end; return those still running (all of them after another Ctrl-C,
+    which stops the wait)."""
     for ref in refs:
-        _cancel(ray, ref, force=False)
+        _cancel(ray, ref, force=force)
     try:
         _, left = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
     except KeyboardInterrupt:  # a second Ctrl-C: do not wait
         left = refs
-    if left:
-        print(
-            f"napari-invert: {len(left)} Ray task(s) still running: killing their worker processes",
-            file=sys.stderr,
-            flush=True,
-        )
-        for ref in left:
-            _cancel(ray, ref, force=True)
-        _, left = ray.wait(left, num_returns=len(left), timeout=grace_s)
-    if left:  # pragma: no cover - Ray did not confirm the kill
-        print(f"napari-invert: Ray did not confirm the end of {len(left)} task(s)", file=sys.stderr)
-    else:
-        print("napari-invert: no Ray task of this run is running any more", file=sys.stderr, flush=True)
+    return list(left)
 
 
 def _cancel(ray: Any, ref: Any, force: bool) -> None:
