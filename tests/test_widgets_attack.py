@@ -10,7 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from widget_helpers import WAIT_MS, cell_titles, errors_since, n_records, needs_display, open_compare
+from widget_helpers import (
+    WAIT_MS,
+    cell_titles,
+    errors_since,
+    n_records,
+    needs_display,
+    open_compare,
+    train_and_cancel,
+)
 
 from napari_invert.study.results import StudyResults
 
@@ -48,17 +56,9 @@ def test_attack_training_keeps_the_study_consistent(make_napari_viewer, qtbot, t
     before = _study_files(trainable_dir)
 
     # a long training, cancelled after its first steps: nothing saved, no curve anywhere
-    attack.steps.setValue(100_000)
     attack.batch_size.setValue(1)
     attack.base_filters.setValue(2)
-    attack.device_combo.setCurrentText("cpu")
-    assert attack.start_training()
-    assert attack.cancel_button.isEnabled() and not attack.train_button.isEnabled()
-    qtbot.waitUntil(lambda: attack.progress.value() >= 2, timeout=WAIT_MS)
-    attack.cancel()
-    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
-    outcome = attack.last_outcome
-    assert outcome is not None and outcome.cancelled and 2 <= outcome.steps_done < 100_000
+    train_and_cancel(attack, qtbot)
     assert not checkpoint_exists(stem) and not curve.exists()
     assert checkpoint_exists(attack_job.resume_stem(stem))  # the state is kept for a resume
     study_curve = folder.decoder_curve(variant, 0, arch, tap)

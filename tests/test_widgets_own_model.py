@@ -131,6 +131,7 @@ def test_core_trains_a_decoder_on_a_tap_of_the_users_model(audit_yaml: Path) -> 
 def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, audit_yaml: Path) -> None:
     pytest.importorskip("pytestqt")
     from qtpy.QtCore import Qt
+    from widget_helpers import train_and_cancel  # imports napari: only in the GUI test
 
     from napari_invert.attack import job as attack_job
     from napari_invert.widgets._attack_widget import AttackWidget
@@ -165,15 +166,8 @@ def test_attack_dock_trains_against_the_users_model(make_napari_viewer, qtbot, a
     # a long training on the bottleneck, cancelled: nothing saved, state kept for a resume
     attack.tap_combo.setCurrentText("bottleneck")
     stem = decoder_stem(audit_yaml, "bottleneck")
-    attack.steps.setValue(100_000)
-    attack.device_combo.setCurrentText("cpu")
-    assert attack.start_training()
-    assert attack.cancel_button.isEnabled() and not attack.train_button.isEnabled()
-    qtbot.waitUntil(lambda: attack.progress.value() >= 2, timeout=WAIT_MS)
-    attack.cancel()
-    qtbot.waitUntil(lambda: not attack.running, timeout=WAIT_MS)
-    run = attack.last_outcome
-    assert run.cancelled and 2 <= run.steps_done < 100_000 and "Cancelled" in attack.status.text()
+    train_and_cancel(attack, qtbot, WAIT_MS)
+    assert "Cancelled" in attack.status.text()
     assert not stem.with_suffix(".json").exists()
     assert attack_job.resume_stem(stem).with_suffix(".json").is_file()  # the state is kept for a resume
 

@@ -91,3 +91,18 @@ def open_compare(viewer, qtbot, folder: Path):
     assert compare.open(folder) is not None
     qtbot.waitUntil(lambda: not compare.busy and compare.current_view is not None, timeout=WAIT_MS)
     return compare
+
+
+def train_and_cancel(attack, qtbot, wait_ms: int = WAIT_MS):
+    """Start a long (100,000-step) CPU training in an Attack dock, cancel it once two steps
+    are done, wait for its worker to stop and return the outcome (checked: cancelled)."""
+    attack.steps.setValue(100_000)
+    attack.device_combo.setCurrentText("cpu")
+    assert attack.start_training()
+    assert attack.cancel_button.isEnabled() and not attack.train_button.isEnabled()
+    qtbot.waitUntil(lambda: attack.progress.value() >= 2, timeout=wait_ms)
+    attack.cancel()
+    qtbot.waitUntil(lambda: not attack.running, timeout=wait_ms)
+    outcome = attack.last_outcome
+    assert outcome is not None and outcome.cancelled and 2 <= outcome.steps_done < 100_000
+    return outcome
