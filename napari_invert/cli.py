@@ -5,7 +5,7 @@ Sub-commands::
     napari-invert data info PATH        summary of a cohort folder (and its problems)
     napari-invert demo [--out DIR]      demo study on the embedded cohort + HTML report
     napari-invert study CONFIG --out DIR [--device cpu|cuda] [--folds 0 1 ...]
-    napari-invert evaluate STUDY_DIR [--metrics ...] [--deformation full|sample|off]
+    napari-invert evaluate STUDY_DIR [--metrics ...] [--deformation full|sample|off] [--backend local|ray]
     napari-invert study-info STUDY_DIR  convergence table of the victims and decoders
     napari-invert bench [--quick] [--device ...]
     napari-invert defend CONFIG --out DIR [--folds 0 ...]   defended victims (config ``defences:``)
@@ -75,7 +75,9 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print(f"study finished: {folder.root}")
         _report_victims(folder.root)
         if args.evaluate:
-            return _evaluate(folder.root, None, None, args.device, not args.no_progress)
+            return _evaluate(
+                folder.root, None, None, args.device, not args.no_progress, backend, args.address
+            )
         return 0
     runner = StudyRunner(
         config,
@@ -90,7 +92,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     print(f"study finished: {folder.root}")
     _report_victims(folder.root)
     if args.evaluate:
-        return _evaluate(folder.root, None, None, args.device, not args.no_progress)
+        return _evaluate(folder.root, None, None, args.device, not args.no_progress, backend, args.address)
     return 0
 
 
@@ -125,11 +127,17 @@ def _cmd_study_info(args: argparse.Namespace) -> int:
     return 0 if check["ok"] else 1
 
 
-def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
+def _evaluate(study: Path, metrics, deformation, device, progress: bool, backend=None, address=None) -> int:
     from napari_invert.report import evaluate_study
 
     summary = evaluate_study(
-        study, metrics=metrics, deformation=deformation, device=device, progress=progress
+        study,
+        metrics=metrics,
+        deformation=deformation,
+        device=device,
+        progress=progress,
+        backend=backend,
+        address=address,
     )
     for line in summary.verdicts:
         print(f"- {line}")
@@ -138,7 +146,15 @@ def _evaluate(study: Path, metrics, deformation, device, progress: bool) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    return _evaluate(Path(args.study), args.metrics, args.deformation, args.device, not args.no_progress)
+    return _evaluate(
+        Path(args.study),
+        args.metrics,
+        args.deformation,
+        args.device,
+        not args.no_progress,
+        args.backend,
+        args.address,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -319,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(ranks among 1 + k, chance 1/(k+1): not comparable with the paper's 24/40); "
         "default: the config. The ANTs preset is evaluation.deformation.preset: 'fast' does NO SyN "
         "iteration at the finest (full-resolution) level (40x20x0), 'paper' does 100x70x50x20",
+    )
+    ev.add_argument(
+        "--backend",
+        default=None,
+        choices=["local", "ray"],
+        help="where similarity row blocks and registrations run: this machine or Ray tasks "
+        "(default: the study config's execution.backend)",
+    )
+    ev.add_argument(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
     )
     add_common(ev)
     ev.set_defaults(func=_cmd_evaluate)

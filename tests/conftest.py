@@ -78,3 +78,13 @@ def report_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object
     from report_helpers import make_report_study
 
     return make_report_study(tmp_path_factory.mktemp("study") / "s")
+
+
+# -- Ray on this machine (tests/test_execution.py, tests/test_evaluate_backends.py) -----------
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance with 2 CPUs (no cluster), shut down after the module."""
+    ray = pytest.importorskip("ray", reason="the [cluster] extra (Ray) is not installed")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

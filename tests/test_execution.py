@@ -30,15 +30,6 @@ def _data(demo_cohort: Path, **changes) -> dict:
     return with_cohort(TINY, demo_cohort, **changes)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray instance with 2 CPUs (no cluster), shut down after the module."""
-    ray = pytest.importorskip("ray", reason="the [cluster] extra (Ray) is not installed")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def _files(root: Path) -> set[str]:
     """Result files (resume checkpoints, caches and the manifest excluded)."""
     return {

@@ -26,6 +26,7 @@ from napari_invert.report.summary import ExperimentEvaluation, Log
 from napari_invert.study.results import StudyResults
 
 if TYPE_CHECKING:
+    from napari_invert.execution import Executor
     from napari_invert.report.html import ReportContext, Section
 
 
@@ -94,6 +95,7 @@ def run_deformation(
     cfg: Any,
     log: Log,
     files: list[Path],
+    executor: Executor | None = None,
 ) -> None:
     """Register reconstructions (moving) onto candidate originals (fixed), paper 4.2.2.
 
@@ -102,14 +104,16 @@ def run_deformation(
     Uses :func:`napari_invert.metrics.deformation_matrix` (parallel workers, content-keyed
     cache in ``evaluation/deformation/cache``: a rerun does not recompute); the magnitude
     maps of the true pairs are written as NIfTI on the model grid
-    (``evaluation/deformation/<variant>_<arch>_<tap>/<ID>.nii.gz``).
+    (``evaluation/deformation/<variant>_<arch>_<tap>/<ID>.nii.gz``). With ``executor`` the
+    registrations run as blocks of pairs on it (e.g. Ray) instead of ``cfg.workers``
+    processes; the numbers are the same (one ITK thread per registration either way).
     """
     from napari_invert.data.nifti import save_nifti
     from napari_invert.metrics.deformation import deformation_matrix, magnitude_cache_path
 
     n_rows, n = len(ev.row_ids), len(vd.candidate_ids)
     layout = results.folder.evaluation
-    cache_dir = layout.deformation_cache_dir
+    cache_dir = layout.deformation_cache_dir.resolve()  # absolute: executor workers have another cwd
     e = ev.experiment
     spacing = results.spacing
     true_pairs = [(r, int(t)) for r, t in enumerate(ev.true_index)]
@@ -130,6 +134,7 @@ def run_deformation(
         "progress": log.enabled,
         "seed": DEFORMATION_SEED,
         "backend": cfg.backend,
+        "executor": executor,
     }
     t0 = time.perf_counter()
     values = deformation_matrix(list(vd.originals), moving, true_pairs, save_magnitude=True, **common)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -75,6 +75,7 @@ from napari_invert.report.matrices import (
     write_identification_csv,
 )
 from napari_invert.report.matrices import identification as _identification
+from napari_invert.report.similarity_blocks import remove_inputs, similarity_scores
 from napari_invert.report.summary import EvaluationSummary, ExperimentEvaluation, Log
 from napari_invert.report.tables import (
     METRICS,
@@ -93,6 +94,9 @@ from napari_invert.report.tables import (
 from napari_invert.report.verdicts import verdicts as _verdicts
 from napari_invert.study.results import StudyResults
 from napari_invert.threat_models import TRAINING_DATA_LEAKAGE
+
+if TYPE_CHECKING:
+    from napari_invert.execution import Executor
 
 __all__ = [
     "ALL_METRICS",
@@ -215,6 +219,9 @@ def evaluate_study(
     *,
     figures: bool = True,
     region: str = "mask",
+    backend: str | None = None,
+    address: str | None = None,
+    executor: Executor | None = None,
 ) -> EvaluationSummary:
     """Evaluate every experiment of a study folder and write ``STUDY/evaluation/``.
 
@@ -245,6 +252,14 @@ def evaluate_study(
         ``foreground`` = the candidate original's voxels above
         :data:`FOREGROUND_THRESHOLD` x the data range (the paper's "voxels of the original
         above a threshold": for with-skull images this includes skull and scalp).
+    backend, address
+        Where the similarity-matrix row blocks and the registrations run: ``local`` (this
+        process, and ``evaluation.deformation.workers`` registration processes) or ``ray``
+        (units on the Ray cluster at ``address``, the study folder on storage every node
+        sees); default: the config's ``execution`` block.
+    executor
+        Run those units on this executor instead (overrides ``backend``; e.g.
+        ``make_executor("local", jobs=2)`` gives numbers bit-identical to Ray's).
 
     With ``evaluation.space: native`` in the config, the true pairs are also scored on
     each subject's native grid (:mod:`napari_invert.report.native`) and reported beside
@@ -302,6 +317,18 @@ def evaluate_study(
         set_threads(config.num_threads)
     torch_device = _resolve_device(device, config.device)
     log(f"{len(experiments)} experiment(s); metrics {chosen}; deformation {mode}")
+    if executor is None:
+        executor = _executor(config, backend, address)
+    blocks_dir = layout.similarity_blocks_dir.resolve()  # absolute: workers have another cwd
+    if executor is not None:
+        log(f"similarity row blocks and registrations run as units on the {executor.name} backend")
+
+    def scores(metric: str, queries: np.ndarray, vd: VariantData) -> np.ndarray:
+        # on an executor each worker resolves the device itself ("auto": its own GPU if any)
+        dev = torch_device if executor is None else (config.device if device is None else device)
+        return similarity_scores(
+            metric, queries, vd.originals, vd.masks, vd.data_range, dev, executor, blocks_dir, log.enabled
+        )
 
     # -- per variant: candidates, priors, prior scores ----------------------------------------
     variants: dict[str, VariantData] = {}
@@ -309,9 +336,7 @@ def evaluate_study(
         variants[variant] = load_variant(results, variant, region)
         vd = variants[variant]
         for metric in [m for m in SIMILARITY_METRICS if m in chosen and len(vd.folds)]:
-            vd.prior_similarity[metric] = similarity_matrix(
-                metric, vd.priors, vd.originals, vd.masks, vd.data_range, torch_device
-            )
+            vd.prior_similarity[metric] = scores(metric, vd.priors, vd)
             files += save_matrix(
                 layout.prior_similarity(variant, metric),
                 vd.prior_similarity[metric],
@@ -343,9 +368,7 @@ def evaluate_study(
         prior_rows = [vd.prior_index(f) for f in row_folds]  # DataError if a fold lacks its prior
         ev = ExperimentEvaluation(exp, row_ids, row_folds, vd.candidate_ids, true_index)
         for metric in [m for m in SIMILARITY_METRICS if m in chosen]:
-            ev.similarity[metric] = similarity_matrix(
-                metric, recons, vd.originals, vd.masks, vd.data_range, torch_device
-            )
+            ev.similarity[metric] = scores(metric, recons, vd)
             pm = vd.prior_similarity[metric]
             ev.prior_values[metric] = np.array(
                 [pm[p, t] for p, t in zip(prior_rows, true_index)], dtype=float
@@ -353,7 +376,7 @@ def evaluate_study(
             ev.candidates_per_row[metric] = len(vd.candidate_ids)
         first_tap = (config.attack.taps.get(exp.arch) or [exp.tap])[0]
         if mode != "off" and (ev_cfg.deformation.taps == "all" or exp.tap == first_tap):
-            run_deformation(results, ev, vd, recons, mode, ev_cfg.deformation, log, files)
+            run_deformation(results, ev, vd, recons, mode, ev_cfg.deformation, log, files, executor)
         for metric, matrix in ev.similarity.items():
             higher = higher_is_better(metric)
             n_bad = int(np.isnan(matrix).sum()) if metric != "deformation" else 0
@@ -489,8 +512,21 @@ def evaluate_study(
     write_json_atomic(layout.summary_json, summary.to_dict())
     for old in layout.legacy_files():  # the flat layout's loose files, now replaced
         old.unlink(missing_ok=True)
+    if executor is not None:
+        remove_inputs(blocks_dir)  # the blocks' copies of the volumes; their results stay
     log(f"done in {summary.seconds:.1f}s -> {layout.root}")
     return summary
+
+
+def _executor(config: Any, backend: str | None, address: str | None) -> Executor | None:
+    """The executor of ``backend`` (default: ``config.execution``); ``None`` for ``local``,
+    which evaluates in this process (and ``evaluation.deformation.workers`` processes)."""
+    from napari_invert.execution import make_executor
+
+    chosen = backend or config.execution.backend
+    if chosen == "local":
+        return None
+    return make_executor(chosen, address=address or config.execution.address)
 
 
 def _metric_rows(evaluations: list[ExperimentEvaluation]) -> list[MetricRow]:

@@ -28,7 +28,13 @@ from napari_invert._io import atomic_path
 if TYPE_CHECKING:
     from napari_invert.execution import Executor, Unit
 
-__all__ = ["ROWS_PER_BLOCK", "similarity_matrix_blocks", "similarity_rows_unit"]
+__all__ = [
+    "ROWS_PER_BLOCK",
+    "remove_inputs",
+    "similarity_matrix_blocks",
+    "similarity_rows_unit",
+    "similarity_scores",
+]
 
 #: Reconstructions (rows) per unit of work.
 ROWS_PER_BLOCK = 8
@@ -121,6 +127,41 @@ def similarity_matrix_blocks(
     if units:
         executor.map(units, progress=progress, desc=f"{metric} row blocks ({executor.name})")
     return np.concatenate([np.load(p) for p in outs], axis=0) if outs else np.zeros((0, len(originals)))
+
+
+def similarity_scores(
+    metric: str,
+    queries: np.ndarray,
+    originals: np.ndarray,
+    masks: np.ndarray | None,
+    data_range: float,
+    device: Any,
+    executor: Executor | None = None,
+    work_dir: str | Path | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """``(len(queries), len(originals))`` scores: in this process without ``executor``
+    (:func:`~napari_invert.report.matrices.similarity_matrix` on ``device``), else as row
+    blocks on it (:func:`similarity_matrix_blocks` in ``work_dir``; ``device`` ``"auto"``
+    lets each worker take its own GPU when it has one)."""
+    from napari_invert.report.matrices import similarity_matrix
+
+    if executor is None:
+        return similarity_matrix(metric, queries, originals, masks, data_range, device)
+    if work_dir is None:
+        raise ValueError("similarity_scores on an executor needs a work_dir (results land there)")
+    name = None if device is None or str(device) == "auto" else str(device)
+    return similarity_matrix_blocks(
+        metric, queries, originals, masks, data_range, executor, work_dir, device=name, progress=progress
+    )
+
+
+def remove_inputs(work_dir: str | Path) -> None:
+    """Delete the input copies under ``work_dir/inputs`` (the block results stay): the
+    originals alone are ``N x X x Y x Z`` float32 (0.8 GB for LPBA40 at 1 mm)."""
+    import shutil
+
+    shutil.rmtree(Path(work_dir) / "inputs", ignore_errors=True)
 
 
 def _unit(key: str, config: dict[str, Any], out: Path) -> Unit:

@@ -323,6 +323,12 @@ class EvaluationFolder:
         """``.npy`` of the fold priors x candidates matrix (``.json`` beside it)."""
         return self.similarity_dir / f"prior_{variant}_{metric}.npy"
 
+    @property
+    def similarity_blocks_dir(self) -> Path:
+        """Row blocks of the matrices computed as units on an executor (``evaluate --backend
+        ray``): their inputs and results, reused when an interrupted evaluation is rerun."""
+        return self.similarity_dir / "blocks"
+
     def legacy_similarity(self, variant: str, arch: str, tap: str, metric: str) -> list[Path]:
         """Where layout version 1 kept the matrix (loose in ``evaluation/``; read-only)."""
         names = dict.fromkeys((tap_slug(tap), tap))
