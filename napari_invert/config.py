@@ -423,7 +423,11 @@ class StudyConfig(_Strict):
     attack: AttackConfig = Field(default_factory=AttackConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(default=None, ge=1, description="torch CPU threads")
+    num_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch CPU threads per process (the evaluation, one process, uses num_threads x jobs)",
+    )
     jobs: int = Field(default=1, ge=1, description="folds run in this many parallel processes")
     defences: list[DefenceConfig] = Field(default_factory=list, description="defended victims to compare")
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)

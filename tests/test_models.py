@@ -19,6 +19,7 @@ from napari_invert.models import (
     build_segmenter,
     load_segmenter,
     predict,
+    predict_many,
     save_segmenter,
     segmentation_loss,
     train_segmenter,
@@ -172,6 +173,33 @@ def test_segmenter_loss_falls(arch: str, tmp_path: Path) -> None:
     if arch == "unet":  # learnt something: foreground found better than chance
         fg = labels[0] > 0
         assert ((pred > 0) == fg).mean() > 0.8
+
+
+@pytest.mark.parametrize(("arch", "norm"), [("unet", "instance"), ("segnet", "batch")])
+def test_predict_many_matches_predict_image_by_image(arch: str, norm: str) -> None:
+    """Batching must not mix images: eval-mode normalisation is per sample (instance) or
+    uses running statistics (batch), so each label map equals the one-image prediction."""
+    torch.manual_seed(3)
+    model = build_segmenter(arch, tiny_config(norm=norm), n_classes=3).eval()
+    images, _ = synthetic_cohort(5)
+    loaded: list[int] = []
+
+    def lazily():  # a generator: predict_many must consume it without materialising it
+        for i, im in enumerate(images):
+            loaded.append(i)
+            yield im
+
+    batched = predict_many(model, lazily(), CPU, batch_size=2)
+    assert loaded == []  # nothing read before the first label map is asked for
+    first = next(batched)
+    assert loaded == [0, 1]  # one batch of two
+    labels = [first, *batched]
+    assert len(labels) == 5
+    for im, lab in zip(images, labels):
+        assert lab.dtype == np.int64 and lab.shape == im.shape
+        np.testing.assert_array_equal(lab, predict(model, im, CPU))
+    with pytest.raises(ConfigError, match="batch_size"):
+        predict_many(model, images, CPU, batch_size=0)
 
 
 def test_training_validates_labels() -> None:

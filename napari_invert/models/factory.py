@@ -9,6 +9,8 @@ checkpoint written by :func:`~napari_invert.models.train_segmenter`.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,36 @@ def predict(model: Segmenter, image: np.ndarray, device: str | torch.device | No
     ``(X, Y, Z)`` int64 class labels in ``0..n_classes-1`` (argmax of the softmax).
     """
     return _logits(model, image, device).argmax(dim=1)[0].to(torch.int64).cpu().numpy()
+
+
+def predict_many(
+    model: Segmenter,
+    images: Iterable[np.ndarray],
+    device: str | torch.device | None = None,
+    batch_size: int = 8,
+) -> Iterator[np.ndarray]:
+    """Segment several images of one shape, ``batch_size`` per forward pass.
+
+    Yields the same labels as :func:`predict` on each image, in input order (the model
+    is in eval mode, so normalisation layers do not mix the images of a batch); fewer
+    Python round trips and larger convolutions make it faster on a CPU. ``images`` is
+    consumed lazily (a generator that loads files keeps at most ``batch_size`` images in
+    memory): ``(X, Y, Z)`` or ``(in_channels, X, Y, Z)`` float32 arrays of equal shape.
+    Yields ``(X, Y, Z)`` int64 label maps.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"predict_many: batch_size must be >= 1, got {batch_size}")
+    device = _model_device(model) if device is None else torch.device(device)
+    model.to(device)
+    model.eval()
+    return _predict_batches(model, iter(images), device, batch_size)
+
+
+def _predict_batches(
+    model: Segmenter, source: Iterator[np.ndarray], device: torch.device, batch_size: int
+) -> Iterator[np.ndarray]:
+    while chunk := [np.asarray(im, dtype=np.float32) for im in itertools.islice(source, batch_size)]:
+        x = torch.as_tensor(np.stack([im if im.ndim == 4 else im[None] for im in chunk])).to(device)
+        with torch.no_grad(), autocast(device):
+            labels = model(x).float().argmax(dim=1).to(torch.int64).cpu().numpy()
+        yield from (labels[i] for i in range(len(chunk)))

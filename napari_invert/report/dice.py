@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,37 +189,41 @@ def compute_dice(
         n_classes = _n_classes(results, meta if isinstance(meta, dict) else {}, list(labels.values()))
         private = set(splits[fold]["private"])
         fold_ids = list(splits[fold]["private"]) + list(splits[fold]["attack"])
-        seg_orig: dict[str, np.ndarray] = {}
+        # every image this victim segments, in one batched pass: the fold's originals,
+        # the attacker's prior, then each experiment's reconstructions of the fold
+        recon_keys = [
+            (ev, sid)
+            for ev in evaluations
+            if ev.experiment.variant == variant and ev.experiment.arch == arch
+            for sid, f in zip(ev.row_ids, ev.row_folds)
+            if f == fold
+        ]
+        fixed = [vd.originals[vd.index(sid)] for sid in fold_ids] + [vd.priors[vd.prior_index(fold)]]
+        *fixed_segs, seg_prior = _segment_many(model, fixed, device)
+        seg_orig = dict(zip(fold_ids, fixed_segs))
+        recon_segs = _segment_many(
+            model, (results.recon(ev.experiment, sid) for ev, sid in recon_keys), device
+        )
         for sid in fold_ids:
-            seg_orig[sid] = _segment(model, vd.originals[vd.index(sid)], device)
             role = "private" if sid in private else "attack"
             dice = _mean_dice(seg_orig[sid], labels[sid], n_classes)
             rows.append(DiceRow(variant, fold, arch, "", sid, role, "original", "manual", dice))
-        seg_prior = _segment(model, vd.priors[vd.prior_index(fold)], device)
-        for ev in evaluations:
+        for (ev, sid), seg in zip(recon_keys, recon_segs):
             e = ev.experiment
-            if e.variant != variant or e.arch != arch:
-                continue
-            for sid, f in zip(ev.row_ids, ev.row_folds):
-                if f != fold:
-                    continue
-                seg = _segment(model, results.recon(e, sid), device)
-                refs = {"manual": labels[sid], "original_segmentation": seg_orig[sid]}
-                for reference, metric in (("manual", "dice"), ("original_segmentation", "dice_seg")):
-                    value = _mean_dice(seg, refs[reference], n_classes)
-                    prior_value = _mean_dice(seg_prior, refs[reference], n_classes)
-                    rows.append(
-                        DiceRow(
-                            variant, fold, arch, e.tap, sid, "private", "reconstruction", reference, value
-                        )
-                    )
-                    rows.append(
-                        DiceRow(variant, fold, arch, e.tap, sid, "private", "prior", reference, prior_value)
-                    )
-                    gain = gain_of(metric, value, prior_value)
-                    mrows.append(
-                        MetricRow(sid, fold, variant, arch, e.tap, metric, value, prior_value, gain, None)
-                    )
+            refs = {"manual": labels[sid], "original_segmentation": seg_orig[sid]}
+            for reference, metric in (("manual", "dice"), ("original_segmentation", "dice_seg")):
+                value = _mean_dice(seg, refs[reference], n_classes)
+                prior_value = _mean_dice(seg_prior, refs[reference], n_classes)
+                rows.append(
+                    DiceRow(variant, fold, arch, e.tap, sid, "private", "reconstruction", reference, value)
+                )
+                rows.append(
+                    DiceRow(variant, fold, arch, e.tap, sid, "private", "prior", reference, prior_value)
+                )
+                gain = gain_of(metric, value, prior_value)
+                mrows.append(
+                    MetricRow(sid, fold, variant, arch, e.tap, metric, value, prior_value, gain, None)
+                )
         log(f"Dice: {variant} fold {fold} {arch} done")
         del model
     reasons = []
@@ -236,13 +240,14 @@ def compute_dice(
     return rows, mrows, reason
 
 
-def _segment(model: Any, image: np.ndarray, device: Any) -> np.ndarray:
-    from napari_invert.models import predict
+def _segment_many(model: Any, images: Iterable[np.ndarray], device: Any) -> Iterator[np.ndarray]:
+    """Label maps of ``images`` (consumed lazily) by ``model``: batched for a study's own
+    victim, one at a time through an audit's ``ModelAdapter`` (it may slide a window)."""
+    from napari_invert.models import predict_many
 
     if callable(getattr(model, "segment", None)):  # an audit's ModelAdapter (sliding window if patch-trained)
-        return np.asarray(model.segment(np.asarray(image, dtype=np.float32)))
-
-    return np.asarray(predict(model, np.asarray(image, dtype=np.float32), device))
+        return (np.asarray(model.segment(np.asarray(im, dtype=np.float32))) for im in images)
+    return predict_many(model, images, device)
 
 
 def _mean_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:

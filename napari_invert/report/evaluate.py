@@ -311,10 +311,10 @@ def evaluate_study(
         )
     if not experiments:
         raise DataError(folder.root, "no reconstructions found (run the study first)")
-    if config.num_threads:  # as the study runner does: the config's torch CPU threads
+    if config.num_threads:
         from napari_invert.device import set_threads
 
-        set_threads(config.num_threads)
+        set_threads(evaluation_threads(config.num_threads, config.jobs))
     torch_device = _resolve_device(device, config.device)
     log(f"{len(experiments)} experiment(s); metrics {chosen}; deformation {mode}")
     if executor is None:
@@ -516,6 +516,16 @@ def evaluate_study(
         remove_inputs(blocks_dir)  # the blocks' copies of the volumes; their results stay
     log(f"done in {summary.seconds:.1f}s -> {layout.root}")
     return summary
+
+
+def evaluation_threads(num_threads: int, jobs: int, cpus: int | None = None) -> int:
+    """Torch CPU threads for the evaluation, which runs in one process: the cores the study's
+    ``jobs`` processes of ``num_threads`` threads each used (``num_threads * jobs``), but no
+    more than the machine's ``cpus`` (default ``os.cpu_count()``) and at least 1."""
+    import os
+
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(int(num_threads) * max(int(jobs), 1), cpus))
 
 
 def _executor(config: Any, backend: str | None, address: str | None) -> Executor | None:
