@@ -161,7 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_invert.study.presets import demo_config
     from napari_invert.study.runner import StudyRunner
 
-    config = demo_config(n_subjects=args.subjects)
+    config = demo_config(n_subjects=args.subjects, full_head=args.full_head)
     out = Path(args.out)
     print(f"napari-invert demo: {config.cohort.n_subjects} synthetic subjects, study folder {out}")
     jobs = args.jobs if args.jobs is not None else config.jobs
@@ -192,10 +192,19 @@ def _cmd_defend(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: defences: the list is empty; nothing to defend")
     jobs = args.jobs if args.jobs is not None else config.jobs
     kw = {"architectures": args.architectures, "defences": args.only, "progress": not args.no_progress}
-    if jobs > 1:
+    if jobs > 1 or (args.backend or config.execution.backend) != "local":
         from napari_invert.study.defended import run_defended_parallel
 
-        paths = run_defended_parallel(config, args.out, jobs, device=args.device, folds=args.folds, **kw)
+        paths = run_defended_parallel(
+            config,
+            args.out,
+            jobs,
+            device=args.device,
+            folds=args.folds,
+            backend=args.backend,
+            address=args.address,
+            **kw,
+        )
     else:
         paths = run_defended_study(config, args.out, device=args.device, folds=args.folds, **kw)
     print(f"defended experiments finished: {len(paths)} in {Path(args.out) / 'defences'}")
@@ -353,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="napari-invert-demo", help="study folder (default: %(default)s)")
     demo.add_argument("--subjects", type=int, default=None, help="number of demo subjects (default 40)")
     demo.add_argument("--jobs", type=int, default=None, help="parallel fold processes (default: 2)")
+    demo.add_argument(
+        "--full-head",
+        action="store_true",
+        help="also the full-head variant (skull-stripped vs full-head, the paper's 2nd axis; twice the time)",
+    )
     add_common(demo)
     demo.set_defaults(func=_cmd_demo)
 
@@ -398,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", default=None, help="only these defences (slugs: none noise-0.5 ...)"
     )
     defend.add_argument("--jobs", type=int, default=None, help="parallel fold processes (default: config)")
+    defend.add_argument(
+        "--backend",
+        default=None,
+        choices=["local", "ray"],
+        help="where the folds run: local processes (--jobs) or Ray tasks (default: config execution.backend)",
+    )
+    defend.add_argument(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
+    )
     defend.add_argument("--frontier", action="store_true", help="write the frontier afterwards")
     add_common(defend)
     defend.set_defaults(func=_cmd_defend)

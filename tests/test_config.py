@@ -84,3 +84,6 @@ def test_demo_preset_matches_sample_config():
 
     assert load_config(REPO / "sample_configs" / "demo.yaml") == demo_config()
     assert demo_config(n_subjects=8).cohort.n_subjects == 8
+    # the demo runs one variant; --full-head adds the paper's second axis
+    assert demo_config().preprocess.variants == ["skull_stripped"]
+    assert demo_config(full_head=True).preprocess.variants == ["skull_stripped", "full_head"]

@@ -183,3 +183,29 @@ def test_frontier_intervals_known_answers() -> None:
     assert fold_auc([([], [0.1])]).n == 0
     mean = bootstrap_mean([0.2, nan, 0.4])
     assert mean.value == pytest.approx(0.3) and 0.2 <= mean.lo < 0.3 < mean.hi <= 0.4 and mean.n == 2
+
+
+def test_defended_folds_run_as_executor_units_in_parallel_and_resume(tmp_path: Path) -> None:
+    """`defend --jobs 2`: one executor unit per fold on the local pool; the results are the
+    ones a sequential run finds finished (it trains nothing again)."""
+    from napari_invert.study.defended import run_defended_parallel
+
+    data = with_cohort(
+        {**TINY, "defences": [{"kind": "noise", "strengths": [1.0], "train": False}]},
+        demo_cohort_for(TINY, tmp_path / "cohort"),
+    )
+    config = parse_config(data)
+    study = tmp_path / "study"
+    paths = run_defended_parallel(config, study, 2, folds=[1, 2], progress=False)
+    folder = StudyFolder(study)
+    expected = {
+        folder.defended_result("skull_stripped", k, "unet", slug)
+        for k in (1, 2)
+        for slug in ("none", "noise-1")
+    }
+    assert set(paths) == expected
+    for k in (1, 2):
+        assert read_json(folder.defended_result("skull_stripped", k, "unet", "noise-1"))["fold"] == k
+    before = {p: p.stat().st_mtime_ns for p in paths}
+    again = run_defended_study(config, study, folds=[1, 2], progress=False)
+    assert {p: p.stat().st_mtime_ns for p in again} == before

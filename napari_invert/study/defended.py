@@ -112,12 +112,14 @@ def run_defended_study(
     return out
 
 
-def _run_fold_job(config_json: dict, out_dir: str, device: str | None, folds: list[int], kw: dict) -> int:
-    import torch
-
-    torch.set_num_threads(1)
-    config = StudyConfig.model_validate(config_json)
-    return len(run_defended_study(config, out_dir, device=device, folds=folds, **kw))
+def defended_fold_unit(config: dict[str, Any], paths: dict[str, str]) -> int:
+    """Executor unit: the defended victims of one fold (``config["folds"]``) into the study
+    folder ``paths["out"]``; returns how many defended results that fold has."""
+    study = StudyConfig.model_validate(config["study"])
+    kw = dict(config.get("kw") or {})
+    return len(
+        run_defended_study(study, paths["out"], device=config.get("device"), folds=config["folds"], **kw)
+    )
 
 
 def run_defended_parallel(
@@ -127,23 +129,33 @@ def run_defended_parallel(
     *,
     device: str | None = None,
     folds: Iterable[int] | None = None,
+    backend: str | None = None,
+    address: str | None = None,
     **kw: Any,
 ) -> list[Path]:
-    """:func:`run_defended_study` with the folds spread over ``jobs`` processes (one torch
-    thread each), as :func:`~napari_invert.study.runner.run_study_parallel` does."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
+    """:func:`run_defended_study` with one unit per fold on an executor (``backend``:
+    default ``config.execution``; ``local`` runs ``jobs`` processes with one torch thread
+    each), as :func:`~napari_invert.study.runner.run_study_parallel` does: Ctrl-C drops the
+    queued folds and stops the running ones, and rerunning resumes."""
+    from napari_invert.execution import Unit, make_executor
     from napari_invert.study.runner import StudyRunner
 
     StudyRunner(config, out_dir, device=device, folds=[], progress=kw.get("progress", True)).run()
     chosen = select_victims(config, folds).folds
-    groups = [chosen[i::jobs] for i in range(jobs) if chosen[i::jobs]]
     payload = config.model_dump(mode="json")
-    with ProcessPoolExecutor(max_workers=len(groups), mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_run_fold_job, payload, str(out_dir), device, g, kw) for g in groups]
-        for f in futures:
-            f.result()
+    out = str(Path(out_dir).resolve())  # absolute: workers may have another cwd
+    units = [
+        Unit(
+            f"defended:fold{k}",
+            "napari_invert.study.defended:defended_fold_unit",
+            {"study": payload, "device": device, "folds": [int(k)], "kw": {**kw, "progress": False}},
+            {"out": out},
+        )
+        for k in chosen
+    ]
+    ex = config.execution
+    executor = make_executor(backend or ex.backend, jobs=jobs, address=address or ex.address)
+    executor.map(units, progress=kw.get("progress", True), desc="defended folds")
     return StudyFolder(Path(out_dir)).defended_results()
 
 
