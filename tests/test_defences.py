@@ -295,3 +295,41 @@ def test_pareto_front_on_hand_made_points() -> None:
     assert on.tolist() == [True, True, False]
     for u, lk in itertools.product([0.1], [0.3]):
         assert pareto_front([u], [lk]).tolist() == [True]
+
+
+def test_defence_training_loop_augments_and_scores_like_the_reference_trainer() -> None:
+    """The loop every trained-through defence uses (noise, nopeek, adversarial, DP-SGD) flips
+    image and labels together along ``flip_axes`` and uses ``segmentation_loss`` from the
+    config, as ``train_segmenter`` does for the undefended reference."""
+    from monai.losses import DiceFocalLoss
+
+    from napari_invert.defences.training import VictimTraining
+
+    # one subject whose label is the left half (x < 4) and whose image is 1 there
+    image = np.zeros((8, 8, 8), np.float32)
+    image[:4] = 1.0
+    label = (image > 0).astype(np.int64)
+    config = TrainConfig(
+        steps=12, batch_size=1, lr=1e-3, augment=True, flip_axes=[0], segmentation_loss="dice_focal"
+    )
+    model = build_segmenter("unet", SegmenterConfig(base_filters=2, levels=1), n_classes=2)
+    run = VictimTraining(
+        [image], [label], config, torch.device("cpu"), {"kind": "test"}, "test", progress=False
+    )
+    seen: list[tuple[bool, bool]] = []
+
+    def record(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        left_image = bool(x[0, 0, :4].mean() > x[0, 0, 4:].mean())  # intensity jitter keeps the order
+        left_label = bool(y[0, 0, :4].float().mean() > y[0, 0, 4:].float().mean())
+        seen.append((left_image, left_label))
+        return (model(x) * 0).sum()
+
+    run.loop(model, model, run.adam(model.parameters()), record)
+    assert len(seen) == 12
+    assert all(a == b for a, b in seen)  # image and labels flipped together
+    assert {a for a, _ in seen} == {True, False}  # and some batches were flipped
+    loss = run.segmentation_loss()
+    logits = torch.randn(1, 2, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    target = torch.as_tensor(label)[None, None]
+    expected = DiceFocalLoss(softmax=True, to_onehot_y=True, batch=True)(logits, target)
+    assert float(loss(logits, target)) == pytest.approx(float(expected), rel=1e-5)

@@ -30,7 +30,6 @@ from torch import Tensor
 from napari_invert.defences.spec import DefenceSpec
 from napari_invert.errors import ConfigError
 from napari_invert.models.base import Segmenter
-from napari_invert.models.training import segmentation_loss
 
 if TYPE_CHECKING:
     from napari_invert.defences.training import VictimTraining
@@ -100,7 +99,7 @@ def train_dp_sgd(model: Segmenter, spec: DefenceSpec, run: VictimTraining) -> di
         expected_batch_size=config.batch_size,
         loss_reduction="mean",
     )
-    seg_loss = segmentation_loss()
+    seg_loss = run.segmentation_loss()
 
     def loss_dp(x: Tensor, y: Tensor, rng: np.random.Generator) -> Tensor:
         logits = gsm(x)

@@ -38,6 +38,7 @@ from napari_invert.defences.perturb import (
 from napari_invert.defences.spec import DefenceSpec
 from napari_invert.device import autocast, configure_backends, resolve_device
 from napari_invert.errors import ConfigError
+from napari_invert.models.augment import random_flips
 from napari_invert.models.base import EncoderFeatures, Segmenter
 from napari_invert.models.factory import build_segmenter
 from napari_invert.models.training import (
@@ -96,6 +97,12 @@ class VictimTraining:
     on_step: OnStep | None = None
     should_stop: ShouldStop | None = None
 
+    def segmentation_loss(self) -> nn.Module:
+        """The victim's segmentation loss chosen by ``config.segmentation_loss`` (Dice + CE or
+        Dice + focal): the loss the undefended reference trains with, so a defence's Dice
+        cost is not confounded with a change of loss."""
+        return segmentation_loss(config=self.config)
+
     def adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
         """Adam over ``params`` with the configured ``lr`` and ``weight_decay``."""
         return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
@@ -122,7 +129,8 @@ class VictimTraining:
             idx = torch.as_tensor(batch)
             x = x_all[idx].to(device)
             y = y_all[idx].to(device).long()
-            if config.augment:
+            if config.augment:  # the same augmentation, in the same order, as train_segmenter
+                x, y = random_flips([x, y], config.flip_axes, rng)
                 x = augment_intensity(x, rng)
             return batch_loss(x, y, rng)
 
@@ -211,9 +219,9 @@ def train_defended_victim(
         "should_stop": should_stop,
     }
     info: dict[str, Any] = {}
-    seg_loss = segmentation_loss()
     meta = {"kind": "defended_segmenter", "segmenter": model.spec(), "defence": spec.to_dict()}
     run = VictimTraining(images, labels, config, device, meta, f"{arch}@{spec.slug} training", **common)
+    seg_loss = run.segmentation_loss()
     trains_through = spec.kind in ("noise", "quantise") and bool(spec.params.get("train", True))
 
     if spec.kind in ("none", "expose_less") or (perturbation is not None and not trains_through):
@@ -268,7 +276,7 @@ def train_adversarial(model: Segmenter, spec: DefenceSpec, run: VictimTraining) 
     model.to(device)
     adversary = make_adversary(model, sample, int(spec.params.get("adversary_base_filters", 8)))
     pair = nn.ModuleDict({"victim": model, "adversary": adversary})
-    seg_loss = segmentation_loss()
+    seg_loss = run.segmentation_loss()
     weight = float(spec.strength)
 
     def loss_adv(x: Tensor, y: Tensor, rng: np.random.Generator) -> Tensor:
