@@ -17,7 +17,7 @@ from napari_invert.cli import main
 from napari_invert.config import SegmenterConfig, TrainConfig
 from napari_invert.models import Cancelled, build_segmenter, train_segmenter
 from napari_invert.models.augment import random_flips
-from napari_invert.models.losses import IndexedDiceCELoss, segmentation_loss
+from napari_invert.models.losses import IndexedDiceCELoss, IndexedDiceFocalLoss, segmentation_loss
 from napari_invert.models.validation import (
     PlateauState,
     lr_factor,
@@ -124,8 +124,18 @@ def test_loss_options_match_monai() -> None:
         fast, ref = segmentation_loss("indexed", cfg), segmentation_loss("monai", cfg)
         assert isinstance(fast, IndexedDiceCELoss)
         assert torch.allclose(fast(logits, target), ref(logits, target), rtol=1e-9)
-    focal = segmentation_loss(config=TrainConfig(segmentation_loss="dice_focal"))
-    assert torch.isfinite(focal(logits, target))
+    # Dice + focal without a one-hot target: MONAI's DiceFocalLoss, value and gradient (MONAI
+    # computes its focal term in float32, hence the tolerance)
+    for kw in ({}, {"dice_include_background": False}, {"dice_squared_pred": True}):
+        cfg = TrainConfig(segmentation_loss="dice_focal", **kw)
+        fast, ref = segmentation_loss("indexed", cfg), segmentation_loss("monai", cfg)
+        assert isinstance(fast, IndexedDiceFocalLoss)
+        a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        value_fast, value_ref = fast(a, target), ref(b, target)
+        value_fast.backward()
+        value_ref.backward()
+        assert float(value_fast) == pytest.approx(float(value_ref), rel=1e-6)
+        assert torch.allclose(a.grad, b.grad, atol=1e-8)
 
 
 # -- flips ------------------------------------------------------------------------------------
