@@ -28,8 +28,6 @@ from napari_invert.models import (
 CPU = torch.device("cpu")
 
 
-
-
 def tiny_config(levels: int = 2, **kw: object) -> SegmenterConfig:
     return SegmenterConfig(base_filters=4, levels=levels, **kw)
 
@@ -200,6 +198,29 @@ def test_predict_many_matches_predict_image_by_image(arch: str, norm: str) -> No
         np.testing.assert_array_equal(lab, predict(model, im, CPU))
     with pytest.raises(ConfigError, match="batch_size"):
         predict_many(model, images, CPU, batch_size=0)
+
+
+def test_predict_many_sizes_its_batches_by_the_logits_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a batch size, a batch holds as many images as fit PREDICT_LOGITS_BUDGET bytes of
+    float32 logits (at most 8): small volumes go 8 at a time, large ones one by one."""
+    import napari_invert.models.factory as factory
+
+    model = build_segmenter("unet", tiny_config(), n_classes=3).eval()
+    images, _ = synthetic_cohort(5)  # 16^3: 3 x 4096 x 4 bytes = 48 KiB of logits each
+    for budget, first_batch in ((factory.PREDICT_LOGITS_BUDGET, 5), (2 * 3 * 16**3 * 4, 2), (1, 1)):
+        monkeypatch.setattr(factory, "PREDICT_LOGITS_BUDGET", budget)
+        loaded: list[int] = []
+
+        def lazily(log: list[int] = loaded):
+            for i, im in enumerate(images):
+                log.append(i)
+                yield im
+
+        labels = predict_many(model, lazily(), CPU)
+        next(labels)
+        assert len(loaded) == first_batch
+        assert len([*labels]) == 4
+    assert list(predict_many(model, iter([]), CPU)) == []
 
 
 def test_training_validates_labels() -> None:

@@ -212,3 +212,14 @@ def test_untrained_victims_raise_the_banner_and_dice_figure_fits_the_page(tmp_pa
     with Image.open(root / "evaluation" / "figures" / "dice.png") as im:
         width, height = im.size
     assert width <= 1300 and height >= 600  # 4 panels in 2 rows of 2
+
+
+def test_evaluation_uses_the_cores_of_the_studys_jobs() -> None:
+    """The evaluation runs in one process: num_threads x jobs threads, capped by the CPUs."""
+    from napari_invert.report.evaluate import evaluation_threads
+
+    assert evaluation_threads(1, 2, cpus=2) == 2
+    assert evaluation_threads(1, 4, cpus=2) == 2
+    assert evaluation_threads(2, 1, cpus=8) == 2
+    assert evaluation_threads(3, 2, cpus=16) == 6
+    assert 1 <= evaluation_threads(1, 1) <= 1

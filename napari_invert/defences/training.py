@@ -99,8 +99,8 @@ class VictimTraining:
 
     def segmentation_loss(self) -> nn.Module:
         """The victim's segmentation loss chosen by ``config.segmentation_loss`` (Dice + CE or
-        Dice + focal): the loss the undefended reference trains with, so a defence's Dice
-        cost is not confounded with a change of loss."""
+        Dice + focal): the loss the undefended reference trains with (see
+        :func:`train_defended_victim` for the rest of what they share)."""
         return segmentation_loss(config=self.config)
 
     def adam(self, params: Iterable[nn.Parameter]) -> torch.optim.Adam:
@@ -206,7 +206,15 @@ def train_defended_victim(
     :class:`DefendedSegmenter` for noise/quantisation (its encoder output is perturbed),
     else the trained network itself; ``info`` holds e.g. ``epsilon`` and ``delta`` for
     DP-SGD. Weights are initialised from torch's global RNG (seed it first).
+
+    Every defended victim, the undefended reference (``none``) included, trains on *all* of
+    ``images`` for exactly ``config.steps`` steps (``validation_fraction`` is set to 0 here):
+    the fold's private subjects are then exactly its members for membership inference, and
+    each defence gets the same data, steps, loss and augmentation as the reference, so its
+    Dice cost is the defence's alone. (A study's own victims hold out a validation part and
+    stop on a plateau; their members are the subjects they fitted.)
     """
+    config = config.model_copy(update={"validation_fraction": 0.0})
     device = resolve_device(device)
     configure_backends(device)
     model = build_victim(arch, segmenter_config, n_classes, spec)

@@ -160,7 +160,7 @@ def predict_many(
     model: Segmenter,
     images: Iterable[np.ndarray],
     device: str | torch.device | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Segment several images of one shape, ``batch_size`` per forward pass.
 
@@ -169,9 +169,12 @@ def predict_many(
     Python round trips and larger convolutions make it faster on a CPU. ``images`` is
     consumed lazily (a generator that loads files keeps at most ``batch_size`` images in
     memory): ``(X, Y, Z)`` or ``(in_channels, X, Y, Z)`` float32 arrays of equal shape.
-    Yields ``(X, Y, Z)`` int64 label maps.
+    Yields ``(X, Y, Z)`` int64 label maps. ``batch_size`` (default: as many images as keep
+    the batch's float32 logits within :data:`PREDICT_LOGITS_BUDGET`, at most 8) bounds the
+    memory: one 1 mm LPBA40 volume's 57-class logits alone are 1.5 GB, so large volumes
+    go one at a time.
     """
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"predict_many: batch_size must be >= 1, got {batch_size}")
     device = _model_device(model) if device is None else torch.device(device)
     model.to(device)
@@ -179,11 +182,23 @@ def predict_many(
     return _predict_batches(model, iter(images), device, batch_size)
 
 
+#: bytes of float32 logits one :func:`predict_many` batch may hold when no batch size is given
+PREDICT_LOGITS_BUDGET = 256 * 2**20
+
+
 def _predict_batches(
-    model: Segmenter, source: Iterator[np.ndarray], device: torch.device, batch_size: int
+    model: Segmenter, source: Iterator[np.ndarray], device: torch.device, batch_size: int | None
 ) -> Iterator[np.ndarray]:
+    first = next(source, None)
+    if first is None:
+        return
+    if batch_size is None:
+        per_image = 4 * int(getattr(model, "n_classes", 1)) * int(np.prod(np.shape(first)[-3:]))
+        batch_size = int(min(8, max(1, PREDICT_LOGITS_BUDGET // max(per_image, 1))))
+    source = itertools.chain([first], source)
     while chunk := [np.asarray(im, dtype=np.float32) for im in itertools.islice(source, batch_size)]:
         x = torch.as_tensor(np.stack([im if im.ndim == 4 else im[None] for im in chunk])).to(device)
         with torch.no_grad(), autocast(device):
             labels = model(x).float().argmax(dim=1).to(torch.int64).cpu().numpy()
-        yield from (labels[i] for i in range(len(chunk)))
+        # copies: a kept label map must not keep the whole batch's array alive
+        yield from (labels[i].copy() for i in range(len(chunk)))

@@ -79,7 +79,7 @@ class IndexedDiceFocalLoss(nn.Module):
     true class of a voxel and ``-1`` for every other class. Every element is first scored
     as a "not this class" element and the true-class elements are then corrected by a
     gather, so the ``(B, C, X, Y, Z)`` one-hot target, its float copy and MONAI's
-    intermediate tensors are never built: about 4x cheaper with 57 classes (BENCHMARKS.md).
+    intermediate tensors are never built: 3 to 4x cheaper with 57 classes (BENCHMARKS.md).
     ``include_background=False`` leaves class 0 out of both terms (as MONAI does).
     """
 
@@ -156,8 +156,8 @@ def segmentation_loss(impl: str = "indexed", config: TrainConfig | None = None) 
     ``config`` (when given) chooses ``segmentation_loss`` (``dice_ce`` / ``dice_focal``),
     ``dice_include_background`` and ``dice_squared_pred``; Dice is always over the whole
     batch (classes absent from one volume give no degenerate Dice terms). ``impl``:
-    ``"indexed"`` (default: :class:`IndexedDiceCELoss` / :class:`IndexedDiceFocalLoss`, 2x
-    / 4x cheaper with many classes) or ``"monai"`` (MONAI's ``DiceCELoss`` /
+    ``"indexed"`` (default: :class:`IndexedDiceCELoss` / :class:`IndexedDiceFocalLoss`, about
+    2x / 3x cheaper with many classes) or ``"monai"`` (MONAI's ``DiceCELoss`` /
     ``DiceFocalLoss``, the reference implementations).
     """
     include_bg = True if config is None else config.dice_include_background

@@ -521,10 +521,11 @@ def evaluate_study(
 def evaluation_threads(num_threads: int, jobs: int, cpus: int | None = None) -> int:
     """Torch CPU threads for the evaluation, which runs in one process: the cores the study's
     ``jobs`` processes of ``num_threads`` threads each used (``num_threads * jobs``), but no
-    more than the machine's ``cpus`` (default ``os.cpu_count()``) and at least 1."""
+    more than the ``cpus`` this process may run on (default: its CPU affinity) and at least 1."""
     import os
 
-    cpus = cpus or os.cpu_count() or 1
+    if not cpus:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(int(num_threads) * max(int(jobs), 1), cpus))
 
 

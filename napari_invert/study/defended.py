@@ -144,16 +144,18 @@ def run_defended_parallel(
     chosen = select_victims(config, folds).folds
     payload = config.model_dump(mode="json")
     out = str(Path(out_dir).resolve())  # absolute: workers may have another cwd
+    ex = config.execution
     units = [
         Unit(
             f"defended:fold{k}",
             "napari_invert.study.defended:defended_fold_unit",
             {"study": payload, "device": device, "folds": [int(k)], "kw": {**kw, "progress": False}},
             {"out": out},
+            cpus=ex.cpus_per_task,
+            gpus=ex.gpus_per_task,
         )
         for k in chosen
     ]
-    ex = config.execution
     executor = make_executor(backend or ex.backend, jobs=jobs, address=address or ex.address)
     executor.map(units, progress=kw.get("progress", True), desc="defended folds")
     return StudyFolder(Path(out_dir)).defended_results()
