@@ -166,7 +166,14 @@ def test_barely_segments_warning_threshold() -> None:
     good = DiceBaseline("skull_stripped", "unet", 0.70, 0.35, 0.05, 10)
     bad = DiceBaseline("skull_stripped", "segnet", 0.35 + BARELY_SEGMENTS_MARGIN / 2, 0.35, 0.05, 10)
     warnings = barely_segments_warnings([good, bad])
-    assert len(warnings) == 1 and "SegNet (skull_stripped) 0.40 vs 0.35" in warnings[0]
+    assert (
+        len(warnings) == 1
+        and f"SegNet (skull_stripped) {0.35 + BARELY_SEGMENTS_MARGIN / 2:.2f} vs 0.35" in warnings[0]
+    )
+    assert BARELY_SEGMENTS_MARGIN == 0.05  # the default min_dice_gain of the victims' own verdict
+    # a study's own margin (segmenter_training.min_dice_gain) decides
+    assert DiceBaseline("skull_stripped", "unet", 0.45, 0.35, 0.05, 10, min_gain=0.2).barely_segments
+    assert not DiceBaseline("skull_stripped", "unet", 0.45, 0.35, 0.05, 10, min_gain=0.05).barely_segments
     assert "U-Net" not in warnings[0]
     assert barely_segments_warnings([good]) == []
     # the untrained-victim control never segments by design: it is not warned about

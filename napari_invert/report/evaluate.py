@@ -414,13 +414,20 @@ def evaluate_study(
             skipped["dice"] = reason
             log(f"Dice skipped: {reason}")
         if dice_rows:
-            baselines = compute_baselines(results, dice_rows, results.cohort.get("n_classes"))
+            baselines = compute_baselines(
+                results,
+                dice_rows,
+                results.cohort.get("n_classes"),
+                min_gain=config.segmenter_training.min_dice_gain,
+            )
             warnings += barely_segments_warnings(baselines)
     from napari_invert.study.convergence import victim_segmentation_check
 
     convergence = victim_segmentation_check(folder)  # the victims' own validation records
     if not convergence["ok"]:
-        warnings.append(" ".join(line.strip() for line in convergence["message"].splitlines()))
+        lines = [line.strip() for line in convergence["message"].splitlines() if line.strip()]
+        lines[0] = lines[0].removeprefix("WARNING: ")  # the report adds its own "Warning."
+        warnings.append("\n".join(lines))
 
     # -- native grid ------------------------------------------------------------------------------
     native = None

@@ -182,7 +182,9 @@ def build_report(
         overview_html(ctx),
     ]
     parts += [
-        f'<div class="warning"><b>Warning.</b> {esc(w)}</div>' for w in getattr(summary, "warnings", [])
+        # a warning's own line breaks (one line per victim) are kept
+        f'<div class="warning"><b>Warning.</b> {esc(w).replace(chr(10), "<br>")}</div>'
+        for w in getattr(summary, "warnings", [])
     ]
     parts.append(toc_html(sections))
     for s in sections:
