@@ -7,13 +7,17 @@ checkpoint received from someone else is safe to open.
 
 Both files are written atomically; the JSON is written last and is the "commit" marker:
 a checkpoint without its JSON is treated as absent. Each save stamps both files with the same
-random ``save_id`` (in the safetensors header metadata and in the JSON), so a crash between the
-two writes — new weights beside an older description — is detected on load instead of
-silently pairing, say, new weights with an old step count.
+random ``save_id`` (in the safetensors header metadata and in the JSON), so new weights beside
+an older description are never silently paired. A save writes the new description first as
+``.stem.json.pending``, then the weights, then renames the pending description over the old
+one; an interruption between the last two steps (Ctrl-C, a cancelled Ray task) leaves new
+weights beside a pending description with the same ``save_id``, and :func:`load_checkpoint`
+completes that save instead of refusing the pair. Any other mismatch is an error.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -59,10 +63,38 @@ def save_checkpoint(
     weights_path, meta_path = checkpoint_paths(stem)
     clean = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     save_id = uuid.uuid4().hex
+    pending = _pending_path(meta_path)
+    write_json_atomic(pending, {"format_version": FORMAT_VERSION, **meta, SAVE_ID_KEY: save_id})
     with atomic_path(weights_path) as tmp:
         save_file(clean, str(tmp), metadata={SAVE_ID_KEY: save_id})
-    write_json_atomic(meta_path, {"format_version": FORMAT_VERSION, **meta, SAVE_ID_KEY: save_id})
+    try:
+        os.replace(pending, meta_path)
+    except FileNotFoundError:
+        # a reader completed this save between the two renames (load_checkpoint): done
+        if read_json(meta_path).get(SAVE_ID_KEY) != save_id:
+            raise
     return weights_path, meta_path
+
+
+def _pending_path(meta_path: Path) -> Path:
+    """Where a save's description waits until its weights are in place."""
+    return meta_path.with_name(f".{meta_path.name}.pending")
+
+
+def _complete_interrupted_save(weights_path: Path, meta_path: Path, weights_id: str | None) -> dict | None:
+    """The pending description of an interrupted save whose weights are already in place
+    (same ``save_id``), now renamed over ``meta_path``; ``None`` when there is none."""
+    pending = _pending_path(meta_path)
+    if weights_id is None or not pending.is_file():
+        return None
+    try:
+        meta = read_json(pending)
+    except DataError:
+        return None
+    if not isinstance(meta, dict) or meta.get(SAVE_ID_KEY) != weights_id:
+        return None
+    os.replace(pending, meta_path)
+    return meta
 
 
 def _weights_save_id(weights_path: Path) -> str | None:
@@ -91,12 +123,18 @@ def load_checkpoint(
         tensors = load_file(str(weights_path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights_path}: unreadable safetensors file ({exc})") from None
-    meta_id = meta.pop(SAVE_ID_KEY, None)
+    meta_id = meta.get(SAVE_ID_KEY)
     if (meta_id is not None or weights_id is not None) and meta_id != weights_id:
-        raise CheckpointError(
-            f"{weights_path}: weights and {meta_path.name} come from different saves (interrupted "
-            "between the two writes?); delete both files to redo this step"
-        )
+        completed = _complete_interrupted_save(weights_path, meta_path, weights_id)
+        if completed is None:
+            raise CheckpointError(
+                f"{weights_path}: weights and {meta_path.name} come from different saves (interrupted "
+                "between the two writes?); delete both files to redo this step"
+            )
+        meta = completed
+    # (a pending description that matches neither file is a save interrupted before its
+    # weights were written: the old pair stands and the next save overwrites it)
+    meta.pop(SAVE_ID_KEY, None)
     return tensors, meta
 
 

@@ -230,6 +230,34 @@ def test_weights_and_json_from_different_saves_are_detected(tmp_path) -> None:
     assert load_checkpoint(stem)[1]["step"] == 2
 
 
+def test_a_save_interrupted_between_weights_and_description_is_completed_on_load(tmp_path) -> None:
+    """Ctrl-C (or a cancelled Ray task) after the new weights are in place but before their
+    description is: the pending description is renamed over the old one on load."""
+    from napari_invert.checkpoint import _pending_path
+
+    stem, other = tmp_path / "ckpt", tmp_path / "other"
+    save_checkpoint(stem, {"w": torch.zeros(3)}, {"step": 1})
+    save_checkpoint(other, {"w": torch.ones(3)}, {"step": 2})
+    weights, meta_path = checkpoint_paths(stem)
+    # the state of save 2 of `stem` interrupted between its last two steps
+    shutil.copy(checkpoint_paths(other)[0], weights)
+    shutil.copy(checkpoint_paths(other)[1], _pending_path(meta_path))
+    tensors, meta = load_checkpoint(stem)
+    assert meta["step"] == 2 and torch.equal(tensors["w"], torch.ones(3))
+    assert not _pending_path(meta_path).exists() and load_checkpoint(stem)[1]["step"] == 2
+    # interrupted before its weights were written: the old pair stands, the next save goes on
+    save_checkpoint(other, {"w": torch.full((3,), 7.0)}, {"step": 3})
+    shutil.copy(checkpoint_paths(other)[1], _pending_path(meta_path))
+    assert load_checkpoint(stem)[1]["step"] == 2
+    save_checkpoint(stem, {"w": torch.full((3,), 4.0)}, {"step": 4})
+    assert load_checkpoint(stem)[1]["step"] == 4 and not _pending_path(meta_path).exists()
+    # a pending description of yet another save does not rescue a mismatched pair
+    shutil.copy(checkpoint_paths(other)[0], weights)
+    shutil.copy(meta_path, _pending_path(meta_path))  # save 4's description, not save 3's
+    with pytest.raises(CheckpointError, match="different saves"):
+        load_checkpoint(stem)
+
+
 # -- statistics and baselines with known answers --------------------------------------------------------
 def test_paired_difference_known_answers() -> None:
     b = np.linspace(0.2, 0.9, 8)
