@@ -146,3 +146,67 @@ def test_pair_bookkeeping() -> None:
     with pytest.raises(ValueError, match="out of range"):
         deformation_matrix([np.zeros((12, 12, 12))], [np.zeros((12, 12, 12))], [(0, 1)], progress=False)
     assert set(PRESETS) == {"fast", "paper"}
+
+
+def test_ctrl_c_stops_the_worker_pool_and_a_rerun_registers_only_the_rest(
+    volumes: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """A terminal's Ctrl-C (SIGINT to the driver and its workers) during deformation_matrix's
+    local pool: queued pairs are dropped, running ones stopped, the driver says so and stops;
+    the finished pairs stay cached and a rerun registers only the missing ones."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    crop = (slice(4, 28),) * 3
+    np.save(tmp_path / "fixed.npy", np.stack([volumes["fixed"][crop], volumes["other"][crop]]))
+    # 16 distinct moving images (distinct cache keys): 32 pairs, far more than 2 workers finish at once
+    np.save(tmp_path / "moving.npy", np.stack([volumes["shifted"][crop] + 0.002 * k for k in range(16)]))
+    np.save(tmp_path / "mask.npy", volumes["mask"][crop])
+    cache = tmp_path / "cache"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from napari_invert.metrics import deformation_matrix\n"
+        "if __name__ == '__main__':  # the workers are spawned: they import this file\n"
+        f"    d = {str(tmp_path)!r}\n"
+        "    fixed, moving, mask = (np.load(f'{d}/{n}.npy') for n in ('fixed', 'moving', 'mask'))\n"
+        "    pairs = [(m, f) for m in range(len(moving)) for f in range(len(fixed))]\n"
+        "    deformation_matrix(list(fixed), list(moving), pairs, spacing=(2.0, 2.0, 2.0), preset='fast',\n"
+        "        masks=[mask, mask], workers=2, cache_dir=f'{d}/cache', progress=False, seed=3)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None and not list(cache.glob("*.json")):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1]
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err
+    assert "interrupted: cancelling" in err and "register moving" in err, err
+    assert "no unit of this run is running any more" in err, err
+    done = {p.name for p in cache.glob("*.json")}
+    assert 1 <= len(done) < 32
+    fixed, moving, mask = (np.load(tmp_path / f"{n}.npy") for n in ("fixed", "moving", "mask"))
+    pairs = [(m, f) for m in range(len(moving)) for f in range(len(fixed))]
+    values = deformation_matrix(
+        list(fixed),
+        list(moving),
+        pairs,
+        spacing=SPACING,
+        preset="fast",
+        masks=[mask, mask],
+        workers=2,
+        cache_dir=cache,
+        progress=False,
+        seed=3,
+    )
+    assert set(values) == set(pairs) and len(list(cache.glob("*.json"))) == 32
+    assert done <= {p.name for p in cache.glob("*.json")}  # the finished ones were kept, not redone

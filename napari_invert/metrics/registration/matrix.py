@@ -17,6 +17,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -393,29 +394,58 @@ def deformation_matrix(
             ) as pool:
                 futures: dict[Future[dict[str, Any]], tuple[tuple[int, int], str]] = {}
                 pending = iter(todo)
-                # keep at most 2 tasks per worker in flight (bounded memory)
-                for _ in range(2 * workers):
-                    item = next(pending, None)
-                    if item is None:
-                        break
-                    futures[pool.submit(_run_task, task(item[0]))] = item
-                while futures:
-                    done = next(iter(_as_completed(futures)))
-                    pair, key = futures.pop(done)
-                    try:
-                        out = done.result()
-                    except Exception as exc:
-                        raise RuntimeError(
-                            f"registration of moving {pair[0]} to fixed {pair[1]} failed: {exc}"
-                        ) from exc
-                    finish(pair, key, out)
-                    bar.update(1)
-                    item = next(pending, None)
-                    if item is not None:
+                try:
+                    # keep at most 2 tasks per worker in flight (bounded memory)
+                    for _ in range(2 * workers):
+                        item = next(pending, None)
+                        if item is None:
+                            break
                         futures[pool.submit(_run_task, task(item[0]))] = item
+                    while futures:
+                        done = next(iter(_as_completed(futures)))
+                        pair, key = futures.pop(done)
+                        try:
+                            out = done.result()
+                        except Exception as exc:
+                            raise RuntimeError(
+                                f"registration of moving {pair[0]} to fixed {pair[1]} failed: {exc}"
+                            ) from exc
+                        finish(pair, key, out)
+                        bar.update(1)
+                        item = next(pending, None)
+                        if item is not None:
+                            futures[pool.submit(_run_task, task(item[0]))] = item
+                except KeyboardInterrupt:
+                    _stop_registrations(pool, futures, [p for p, _ in pending])
+                    raise
     finally:
         bar.close()
     return {pair: results[pair] for pair in pairs}
+
+
+@dataclass(frozen=True)
+class _Registration:
+    """A pair as :func:`~napari_invert.execution.local.stop_units` names it."""
+
+    key: str
+
+
+def _stop_registrations(
+    pool: ProcessPoolExecutor,
+    futures: dict[Future[dict[str, Any]], tuple[tuple[int, int], str]],
+    not_submitted: list[tuple[int, int]],
+) -> None:
+    """Ctrl-C during the local worker pool: drop the queued pairs, interrupt the running
+    registrations (killed after 20 s), say which, as the study's local pool does. Finished
+    pairs are already in the cache: rerunning registers only the others."""
+    from napari_invert.execution.local import stop_units
+
+    def name(pair: tuple[int, int]) -> _Registration:
+        return _Registration(f"register moving {pair[0]} to fixed {pair[1]}")
+
+    queued = [name(pair) for f, (pair, _) in futures.items() if f.cancel()]
+    running = {f: name(pair) for f, (pair, _) in futures.items() if not f.cancelled() and not f.done()}
+    stop_units(pool, running, [*queued, *(name(p) for p in not_submitted)])  # type: ignore[arg-type]
 
 
 def _as_completed(futures: dict[Future[Any], Any]) -> Iterator[Future[Any]]:
