@@ -172,14 +172,14 @@ def test_study_tree_names_threat_models_controls_and_membership(
     _, controls = _section(rows, "Controls — feature inversion")
     assert controls == [
         (
-            "unet bottleneck+skips (skull_stripped)",
+            "U-Net bottleneck+skips (skull_stripped)",
             "top-1 members 3/3, non-members 2/3; untrained victim (control) 1/3",
         )
     ]
     _, membership = _section(rows, "Membership inference — training-data leakage")
     assert membership == [
         (
-            "unet (skull_stripped)",
+            "U-Net (skull_stripped)",
             "loss AUC 0.75 [0.55, 0.90], untrained victim (control) 0.50 "
             "(3 members vs 3 non-members; chance 0.5)",
         )
@@ -252,11 +252,11 @@ def test_study_tree_lists_convergence_and_warns_once_when_victims_do_not_segment
     _, conv = _section(rows, "Convergence (2 networks)")
     assert conv == [
         (
-            "skull_stripped fold 0 unet victim",
+            "skull_stripped fold 0 U-Net victim",
             "60/200 steps, stopped: plateau; best dice 0.120 vs majority label 0.100 — DOES NOT SEGMENT",
         ),
         (
-            "skull_stripped fold 1 unet victim",
+            "skull_stripped fold 1 U-Net victim",
             "200/200 steps, stopped: max_steps; best dice 0.780 vs majority label 0.100",
         ),
     ]

@@ -35,14 +35,15 @@ Row = tuple[str, str]
 def arch_label(arch: str) -> str:
     """Display name of an architecture directory: the control is named with the network's
     display name (``unet@untrained`` -> ``U-Net: untrained victim (control)``), never
-    ``x@untrained``; a trained victim keeps its directory name (``unet``)."""
+    ``x@untrained``; a trained victim is its display name (``unet`` -> ``U-Net``), as in the
+    report and the Compare dock."""
     key = ArchKey.parse(arch)
     name = ARCH_NAMES.get(key.arch, key.arch)
     if key.is_control:
         return f"{name}: {CONTROL_LABEL}"
     if key.condition:
         return f"{name}: {key.condition} victim"
-    return arch
+    return name
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -72,7 +73,11 @@ def controls_rows(doc: dict[str, Any] | None) -> list[Row]:
     for s in summaries:
         if s.get("condition") == "untrained":
             continue
-        victim = s["arch"] if s.get("condition") in (None, "trained") else f"{s['arch']} ({s['condition']})"
+        victim = (
+            arch_label(s["arch"])
+            if s.get("condition") in (None, "trained")
+            else f"{arch_label(s['arch'])} ({s['condition']})"
+        )
         control = untrained.get((s["variant"], s["arch"], s["tap"]))
         detail = (
             f"top-1 members {_top1(s.get('members'))}, non-members {_top1(s.get('nonmembers'))}; "
@@ -85,7 +90,7 @@ def controls_rows(doc: dict[str, Any] | None) -> list[Row]:
             for r in summaries
             if r.get("condition") != "untrained"
         ):
-            label = f"{s['arch']} {s['tap']} ({s['variant']})"
+            label = f"{arch_label(s['arch'])} {s['tap']} ({s['variant']})"
             rows.append((label, f"{CONTROL_LABEL} top-1 {_top1(s.get('members'))}"))
     return rows
 
@@ -104,7 +109,7 @@ def membership_rows(folder: StudyFolder, variants: Iterable[str], archs: Iterabl
             try:
                 doc = read_json(path)
             except Exception as exc:  # a broken file is shown, never hides the others
-                rows.append((f"{arch} ({variant})", f"unreadable: {exc}"))
+                rows.append((f"{arch_label(arch)} ({variant})", f"unreadable: {exc}"))
                 continue
             untrained = doc.get("controls", {}).get("untrained_victim", {}).get("attacks", {})
             parts = []
@@ -115,7 +120,7 @@ def membership_rows(folder: StudyFolder, variants: Iterable[str], archs: Iterabl
                     text += f", {CONTROL_LABEL} {_num(untrained[name].get('auc'), 2)}"
                 parts.append(text)
             n = f"{doc.get('n_members', '?')} members vs {doc.get('n_nonmembers', '?')} non-members"
-            rows.append((f"{arch} ({variant})", "; ".join(parts) + f" ({n}; chance 0.5)"))
+            rows.append((f"{arch_label(arch)} ({variant})", "; ".join(parts) + f" ({n}; chance 0.5)"))
     return rows
 
 
