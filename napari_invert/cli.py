@@ -271,6 +271,19 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return _evaluate(folder.root, None, None, args.device, not args.no_progress)
 
 
+def _add_backend(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--backend {local,ray}`` and ``--address``; ``where``: what runs where, for the help."""
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=["local", "ray"],
+        help=f"where {where} (default: the config's execution.backend)",
+    )
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -314,15 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run victims in N parallel processes, one torch thread each (default: config jobs)",
     )
-    study.add_argument(
-        "--backend",
-        default=None,
-        choices=["local", "ray"],
-        help="where victims run: local processes (--jobs) or Ray tasks (default: config execution.backend)",
-    )
-    study.add_argument(
-        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
-    )
+    _add_backend(study, "victims run: local processes (--jobs) or Ray tasks")
     study.add_argument("--evaluate", action="store_true", help="evaluate and write the report afterwards")
     add_common(study)
     study.set_defaults(func=_cmd_study)
@@ -345,16 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the config. The ANTs preset is evaluation.deformation.preset: 'fast' does NO SyN "
         "iteration at the finest (full-resolution) level (40x20x0), 'paper' does 100x70x50x20",
     )
-    ev.add_argument(
-        "--backend",
-        default=None,
-        choices=["local", "ray"],
-        help="where similarity row blocks and registrations run: this machine or Ray tasks "
-        "(default: the study config's execution.backend)",
-    )
-    ev.add_argument(
-        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
-    )
+    _add_backend(ev, "similarity row blocks and registrations run: this machine or Ray tasks")
     add_common(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -412,15 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", nargs="+", default=None, help="only these defences (slugs: none noise-0.5 ...)"
     )
     defend.add_argument("--jobs", type=int, default=None, help="parallel fold processes (default: config)")
-    defend.add_argument(
-        "--backend",
-        default=None,
-        choices=["local", "ray"],
-        help="where the folds run: local processes (--jobs) or Ray tasks (default: config execution.backend)",
-    )
-    defend.add_argument(
-        "--address", default=None, help="Ray cluster: auto or HOST:PORT (default: config / a local Ray)"
-    )
+    _add_backend(defend, "the folds run: local processes (--jobs) or Ray tasks")
     defend.add_argument("--frontier", action="store_true", help="write the frontier afterwards")
     add_common(defend)
     defend.set_defaults(func=_cmd_defend)

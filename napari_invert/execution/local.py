@@ -79,7 +79,8 @@ class LocalExecutor:
                         failures.append(f"{unit.key}: {type(exc).__name__}: {exc}")
                     bar.update(1)
         except KeyboardInterrupt:
-            stop_units(pool, running, list(reversed(queued)), self.grace_s)
+            names = {future: unit.key for future, unit in running.items()}
+            stop_units(pool, names, [u.key for u in reversed(queued)], self.grace_s)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -88,10 +89,11 @@ class LocalExecutor:
         return results
 
 
-def stop_units(pool: Any, running: dict[Any, Unit], queued: list[Unit], grace_s: float = 20.0) -> None:
+def stop_units(pool: Any, running: dict[Any, str], queued: list[str], grace_s: float = 20.0) -> None:
     """After the driver was interrupted: drop the queued units and stop the running ones.
 
-    ``running``: ``{future: unit}`` of the units in the pool's processes. Each process gets
+    ``running``: ``{future: name}`` of the units in the pool's processes; ``queued``: the
+    names of those not started (any pool of work items can use it, not only :class:`Unit`). Each process gets
     SIGINT, so its unit stops as on a terminal's Ctrl-C (files being written are abandoned:
     every result is written through a temporary file and renamed; training checkpoints
     already on disk stay for the resume). Processes whose unit still runs after ``grace_s``
@@ -104,7 +106,7 @@ def stop_units(pool: Any, running: dict[Any, Unit], queued: list[Unit], grace_s:
 
     if not (running or queued):
         return
-    keys = ", ".join(u.key for u in [*running.values(), *queued])
+    keys = ", ".join([*running.values(), *queued])
     notice(
         f"interrupted: cancelling {len(running) + len(queued)} unfinished unit(s) "
         f"({len(running)} running, {len(queued)} not started): {keys}"

@@ -94,13 +94,13 @@ class IndexedDiceFocalLoss(nn.Module):
         super().__init__()
         self.gamma = float(gamma)
         self.dice = IndexedDiceCELoss(smooth_nr, smooth_dr, include_background, squared_pred)
-        self.include_background = include_background
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         target = target.long()
         dice = self.dice.dice_term(torch.softmax(logits, dim=1), target)
-        x = logits if self.include_background or logits.shape[1] == 1 else logits[:, 1:]
-        t = target if self.include_background or logits.shape[1] == 1 else target - 1
+        x, t = logits, target
+        if not self.dice.include_background and logits.shape[1] > 1:
+            x, t = logits[:, 1:], target - 1
         # every element scored as a negative: sigmoid(x)^gamma * softplus(x) ...
         total = _NegativeFocalSum.apply(x, self.gamma)
         # ... then, at each voxel's true class, swap in the positive term

@@ -17,7 +17,6 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -423,13 +422,6 @@ def deformation_matrix(
     return {pair: results[pair] for pair in pairs}
 
 
-@dataclass(frozen=True)
-class _Registration:
-    """A pair as :func:`~napari_invert.execution.local.stop_units` names it."""
-
-    key: str
-
-
 def _stop_registrations(
     pool: ProcessPoolExecutor,
     futures: dict[Future[dict[str, Any]], tuple[tuple[int, int], str]],
@@ -440,12 +432,12 @@ def _stop_registrations(
     pairs are already in the cache: rerunning registers only the others."""
     from napari_invert.execution.local import stop_units
 
-    def name(pair: tuple[int, int]) -> _Registration:
-        return _Registration(f"register moving {pair[0]} to fixed {pair[1]}")
+    def name(pair: tuple[int, int]) -> str:
+        return f"register moving {pair[0]} to fixed {pair[1]}"
 
     queued = [name(pair) for f, (pair, _) in futures.items() if f.cancel()]
     running = {f: name(pair) for f, (pair, _) in futures.items() if not f.cancelled() and not f.done()}
-    stop_units(pool, running, [*queued, *(name(p) for p in not_submitted)])  # type: ignore[arg-type]
+    stop_units(pool, running, [*queued, *(name(p) for p in not_submitted)])
 
 
 def _as_completed(futures: dict[Future[Any], Any]) -> Iterator[Future[Any]]:
