@@ -92,10 +92,28 @@ class PreprocessConfig(_Strict):
         return v
 
 
+class ArchitectureOverrides(_Strict):
+    """Width settings of one architecture that differ from the shared ones (``None``: shared).
+
+    Only settings that leave the grid untouched (``levels``, ``pool_size`` and
+    ``kernel_size`` are shared by both victims, so one preprocessing serves both).
+    """
+
+    base_filters: int | None = Field(default=None, ge=1)
+    max_filters: int | None = Field(default=None, ge=1)
+    convs_per_level: int | None = Field(default=None, ge=1)
+    norm: Literal["batch", "instance", "none"] | None = None
+    dropout: float | None = Field(default=None, ge=0, lt=1)
+
+
 class SegmenterConfig(_Strict):
     """The victim networks, as in the paper: kernel x, pooling y, z base filters, n levels.
 
     Filters double at each level (``base_filters * 2**level``), capped at ``max_filters``.
+    ``per_architecture`` changes width settings for one architecture (e.g. ``segnet:
+    {base_filters: 16}``); every network applies it to itself
+    (:meth:`for_architecture`), so its saved description holds the settings it was
+    built with.
     """
 
     architectures: list[Architecture] = Field(default_factory=lambda: ["unet", "segnet"], min_length=1)
@@ -107,6 +125,19 @@ class SegmenterConfig(_Strict):
     convs_per_level: int = Field(default=2, ge=1)
     norm: Literal["batch", "instance", "none"] = "instance"
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    per_architecture: dict[Architecture, ArchitectureOverrides] = Field(
+        default_factory=dict,
+        description="width settings of one architecture that differ from the shared ones",
+    )
+
+    def for_architecture(self, arch: str) -> SegmenterConfig:
+        """These settings with ``per_architecture[arch]`` applied and ``per_architecture``
+        emptied: what a network of ``arch`` is built from."""
+        overrides = self.per_architecture.get(arch)  # type: ignore[call-overload]
+        changes: dict[str, Any] = {"per_architecture": {}}
+        if overrides is not None:
+            changes.update(overrides.model_dump(exclude_none=True))
+        return type(self).model_validate({**self.model_dump(), **changes})
 
 
 class TrainConfig(_Strict):
@@ -117,7 +148,9 @@ class TrainConfig(_Strict):
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(default=0.0, ge=0)
     augment: bool = Field(
-        default=True, description="random intensity jitter, plus random flips along flip_axes (if any)"
+        default=True,
+        description="random intensity jitter, plus random flips along flip_axes and a random "
+        "affine (rotate_deg, scale_fraction, shift_voxels) where set",
     )
     checkpoint_every: int = Field(default=50, ge=1, description="steps between resumable checkpoints")
     seed: int = 0
@@ -147,6 +180,18 @@ class TrainConfig(_Strict):
         default_factory=list,
         description="axes randomly flipped when augment is on (image and labels together); "
         "empty: none (left/right-specific labels would be swapped by an x flip)",
+    )
+    rotate_deg: float = Field(
+        default=0.0,
+        ge=0,
+        le=45,
+        description="augment: largest random rotation about each axis, degrees (0: none)",
+    )
+    scale_fraction: float = Field(
+        default=0.0, ge=0, lt=0.5, description="augment: largest random per-axis scaling, e.g. 0.1 = +-10 %"
+    )
+    shift_voxels: float = Field(
+        default=0.0, ge=0, description="augment: largest random shift per axis, in voxels of the grid"
     )
     segmentation_loss: Literal["dice_ce", "dice_focal"] = Field(
         default="dice_ce", description="victims only: Dice + cross-entropy or Dice + focal"

@@ -396,7 +396,8 @@ def test_transfer_cohort_trains_both_architectures(lpba40: Path, tmp_path: Path)
     labs = [s.labels for s in prepared.subjects]
     quick = load_config(Path(__file__).parent.parent / "sample_configs" / "quick_cpu.yaml")
     assert quick.segmenter_training.segmentation_loss == "dice_focal"  # the measured choice
-    cfg = quick.segmenter_training.model_copy(update={"steps": 150, "validate_every": 25})
+    # the same 16 mm shift range as quick_cpu (4 voxels at 4 mm) on this 8 mm grid
+    cfg = quick.segmenter_training.model_copy(update={"steps": 150, "validate_every": 25, "shift_voxels": 2})
 
     def train(arch: str, config: TrainConfig, name: str) -> dict:
         torch.manual_seed(0)

@@ -87,6 +87,30 @@ def test_filters_are_capped() -> None:
     assert model.encode(torch.randn(1, 1, 16, 16, 16)).bottleneck.shape[1] == 8
 
 
+def test_per_architecture_settings_widen_one_victim_only(tmp_path: Path) -> None:
+    config = SegmenterConfig(
+        base_filters=4, levels=2, per_architecture={"segnet": {"base_filters": 8, "convs_per_level": 1}}
+    )
+    unet, segnet = build_segmenter("unet", config, 3), build_segmenter("segnet", config, 3)
+    assert unet.channels == [4, 8, 16] and unet.config.convs_per_level == 2
+    assert segnet.channels == [8, 16, 32] and segnet.config.convs_per_level == 1
+    # one conv per level: the SegNet's first encoder block holds one convolution (8 x 1 x 3^3 + 8)
+    assert sum(p.numel() for p in segnet.encoder[0].parameters() if p.dim() == 5) == 8 * 27
+    # the saved description holds the settings it was built with, and reloads to the same net
+    save_segmenter(tmp_path / "seg", segnet, {})
+    loaded, meta = load_segmenter(tmp_path / "seg", CPU)
+    saved = meta["segmenter_config"]
+    assert saved["base_filters"] == 8 and "per_architecture" not in saved
+    assert loaded.channels == [8, 16, 32]
+    # a description written before per_architecture existed equals a new one of the same net
+    plain = build_segmenter("unet", SegmenterConfig(base_filters=4, levels=2), 3)
+    assert plain.spec() == unet.spec()
+    with pytest.raises(ValueError, match="per_architecture"):
+        SegmenterConfig(per_architecture={"vnet": {"base_filters": 8}})
+    with pytest.raises(ValueError, match="levels"):
+        SegmenterConfig(per_architecture={"segnet": {"levels": 2}})  # would change the grid
+
+
 def test_segnet_decodes_from_bottleneck_and_indices_only() -> None:
     torch.manual_seed(0)
     model = build_segmenter("segnet", tiny_config(), n_classes=3).eval()

@@ -29,11 +29,10 @@ from napari_invert.attack.taps import Tapper
 from napari_invert.config import TrainConfig
 from napari_invert.device import autocast, configure_backends, resolve_device
 from napari_invert.errors import ConfigError
+from napari_invert.models.augment import augment_batch
 from napari_invert.models.training import (
     OnStep,
     ShouldStop,
-    augment_intensity,
-    random_flips,
     run_training_loop,
     stack_images,
     stage_on_device,
@@ -193,8 +192,7 @@ def train_inversion_decoder(
             taps = [c[idx].to(device, non_blocking=non_blocking) for c in cache]
         else:
             if config.augment:
-                (x,) = random_flips([x], config.flip_axes, rng)
-                x = augment_intensity(x, rng)
+                x, _ = augment_batch(x, None, config, rng)
             taps = tapper(x)
         with autocast(device):
             pred = decoder(taps)

@@ -38,14 +38,13 @@ from napari_invert.defences.perturb import (
 from napari_invert.defences.spec import DefenceSpec
 from napari_invert.device import autocast, configure_backends, resolve_device
 from napari_invert.errors import ConfigError
-from napari_invert.models.augment import random_flips
+from napari_invert.models.augment import augment_batch
 from napari_invert.models.base import EncoderFeatures, Segmenter
 from napari_invert.models.factory import build_segmenter
 from napari_invert.models.training import (
     OnStep,
     ShouldStop,
     _stack_labels,
-    augment_intensity,
     run_training_loop,
     segmentation_loss,
     stack_images,
@@ -130,8 +129,7 @@ class VictimTraining:
             x = x_all[idx].to(device)
             y = y_all[idx].to(device).long()
             if config.augment:  # the same augmentation, in the same order, as train_segmenter
-                x, y = random_flips([x, y], config.flip_axes, rng)
-                x = augment_intensity(x, rng)
+                x, y = augment_batch(x, y, config, rng)
             return batch_loss(x, y, rng)
 
         return run_training_loop(

@@ -126,6 +126,7 @@ class Segmenter(nn.Module):
 
     def __init__(self, config: SegmenterConfig, n_classes: int, in_channels: int = 1) -> None:
         super().__init__()
+        config = config.for_architecture(self.arch)
         check_config(config)
         if n_classes < 2:
             raise ConfigError(f"n_classes: need at least 2 classes (background + 1), got {n_classes}")
@@ -174,7 +175,9 @@ class Segmenter(nn.Module):
         an identical (untrained) network."""
         return {
             "arch": self.arch,
-            "segmenter_config": self.config.model_dump(mode="json"),
+            # per_architecture is already applied (and empty): left out, so descriptions
+            # written before it existed still match
+            "segmenter_config": self.config.model_dump(mode="json", exclude={"per_architecture"}),
             "n_classes": self.n_classes,
             "in_channels": self.in_channels,
         }

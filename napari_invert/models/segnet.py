@@ -43,12 +43,13 @@ class SegNet3D(Segmenter):
     ) -> None:
         super().__init__(config, n_classes, in_channels)
         self.drop_levels = check_drop_levels(drop_levels, self.levels)
+        resolved = self.config  # config with this architecture's per_architecture settings
         ch, k, n, norm, drop = (
             self.channels,
-            config.kernel_size,
-            config.convs_per_level,
-            config.norm,
-            config.dropout,
+            resolved.kernel_size,
+            resolved.convs_per_level,
+            resolved.norm,
+            resolved.dropout,
         )
         L = self.levels
         self.encoder = nn.ModuleList(

@@ -67,7 +67,7 @@ from napari_invert.checkpoint import (
 from napari_invert.config import TrainConfig
 from napari_invert.device import autocast, configure_backends, resolve_device
 from napari_invert.errors import CheckpointError, NapariInvertError
-from napari_invert.models.augment import augment_intensity, random_flips
+from napari_invert.models.augment import augment_batch, augment_intensity  # noqa: F401 (augment_intensity re-exported)
 from napari_invert.models.base import Segmenter
 from napari_invert.models.losses import IndexedDiceCELoss, segmentation_loss  # noqa: F401 (re-exported)
 from napari_invert.models.validation import (
@@ -613,8 +613,7 @@ def train_segmenter(
         x = x_all[idx].to(device, non_blocking=non_blocking)
         y = y_all[idx].to(device, non_blocking=non_blocking).long()
         if config.augment:
-            x, y = random_flips([x, y], config.flip_axes, rng)
-            x = augment_intensity(x, rng)
+            x, y = augment_batch(x, y, config, rng)
         with autocast(device):
             logits = model(x.contiguous(memory_format=memory_format))
         return loss_fn(logits.float(), y)

@@ -38,12 +38,13 @@ class UNet3D(Segmenter):
     ) -> None:
         super().__init__(config, n_classes, in_channels)
         self.drop_levels = check_drop_levels(drop_levels, self.levels)
+        resolved = self.config  # config with this architecture's per_architecture settings
         ch, k, n, norm, drop = (
             self.channels,
-            config.kernel_size,
-            config.convs_per_level,
-            config.norm,
-            config.dropout,
+            resolved.kernel_size,
+            resolved.convs_per_level,
+            resolved.norm,
+            resolved.dropout,
         )
         self.encoder = nn.ModuleList(
             conv_block(in_channels if lvl == 0 else ch[lvl - 1], ch[lvl], n, k, norm, drop)
