@@ -356,6 +356,9 @@ def test_summary_check_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     check = victim_segmentation_check(folder)
     assert not check["ok"] and [r["arch"] for r in check["failing"]] == ["segnet"]
     assert "fold 0 segnet" in check["message"] and "Feature-inversion" in check["message"]
+    n_held_out = check["failing"][0]["n_validation"]
+    assert n_held_out == 1 and "on 1 held-out subject (stopped:" in check["message"]
+    assert "A verdict on one or two held-out subjects is noisy" in check["message"]
     table = format_convergence_table(rows)
     assert "NO" in table and "yes" in table
     assert main(["study-info", str(folder.root)]) == 1

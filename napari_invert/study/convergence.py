@@ -80,6 +80,7 @@ def summarise_convergence(folder: str | Path | StudyFolder) -> list[dict[str, An
                 "baseline_score": rec.get("baseline_score"),
                 "baseline": rec.get("baseline"),
                 "validation_source": rec.get("validation_source"),
+                "n_validation": len(rec.get("validated_on") or []),
                 "segments": rec.get("segments") if network == "victim" else None,
                 "segments_reason": rec.get("segments_reason", ""),
                 "seconds": rec.get("seconds"),
@@ -109,12 +110,24 @@ def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any
             "(validation Dice too low or not clearly above the majority-label baseline):"
         )
         for r in failing:
+            judged_on = _judged_on(r)
             lines.append(
                 f"  - {r['variant']} fold {r['fold']} {r['arch']}: best Dice {_num(r['best_score'])} "
-                f"vs baseline {_num(r['baseline_score'])} (stopped: {r['stop_reason']} after "
-                f"{r['steps_run']} steps)"
+                f"vs baseline {_num(r['baseline_score'])}{judged_on} (stopped: {r['stop_reason']} "
+                f"after {r['steps_run']} steps)"
             )
         lines.append("  " + VERDICT_IMPLICATIONS)
+        few = [
+            r
+            for r in failing
+            if r.get("validation_source") == "held_out" and 0 < r.get("n_validation", 0) <= 2
+        ]
+        if few:
+            lines.append(
+                "  A verdict on one or two held-out subjects is noisy (the same settings with another "
+                "seed can pass): the report's Dice section scores each victim on the fold's unseen "
+                "subjects against the same kind of baseline."
+            )
         lines.append(
             "  Try more steps (segmenter_training.steps), a different lr, or check the labels; "
             "`napari-invert study-info STUDY` shows every curve's summary."
@@ -126,6 +139,14 @@ def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any
         "unjudged": unjudged,
         "message": "\n".join(lines),
     }
+
+
+def _judged_on(row: dict[str, Any]) -> str:
+    """`` on N held-out subject(s)`` for a victim validated on held-out subjects, else ``""``."""
+    n = row.get("n_validation") or 0
+    if row.get("validation_source") != "held_out" or n < 1:
+        return ""
+    return f" on {n} held-out subject{'s' if n > 1 else ''}"
 
 
 def _num(value: Any, digits: int = 3) -> str:
