@@ -4,6 +4,7 @@ Every segmenter exposes ``encode(x) -> EncoderFeatures`` and ``decode(features) 
 logits``; :mod:`napari_invert.attack` reads exactly what ``encode`` returns.
 """
 
+from napari_invert.models.augment import augment_intensity
 from napari_invert.models.base import EncoderFeatures, Segmenter, level_channels
 from napari_invert.models.factory import (
     ARCHITECTURES,
@@ -19,7 +20,6 @@ from napari_invert.models.segnet import SegNet3D
 from napari_invert.models.training import (
     Cancelled,
     IndexedDiceCELoss,
-    augment_intensity,
     batch_indices,
     read_training_state,
     run_training_loop,

@@ -121,9 +121,9 @@ def random_affine(
     if rotate_deg == 0 and scale_fraction == 0 and shift_voxels == 0:
         return image, labels
     matrices = affine_matrices(rng, image.shape[0], rotate_deg, scale_fraction, shift_voxels)
-    sizes = np.array(image.shape[2:], dtype=np.float64)
-    to_unit = np.diag(2.0 / np.maximum(sizes - 1.0, 1.0))  # voxels from the centre -> [-1, 1]
-    to_voxel = np.diag(np.maximum(sizes - 1.0, 1.0) / 2.0)
+    # grid_sample's [-1, 1] spans voxel 0 .. n-1 (align_corners): half a side, in voxels
+    half = np.maximum(np.array(image.shape[2:], dtype=np.float64) - 1.0, 1.0) / 2.0
+    to_unit, to_voxel = np.diag(1.0 / half), np.diag(half)
     reverse = np.eye(3)[::-1]  # grid_sample's coordinates are (z, y, x) of a (X, Y, Z) volume
     theta = np.empty((image.shape[0], 3, 4))
     for i, m in enumerate(matrices):
@@ -150,10 +150,10 @@ def augment_batch(
     image) get the same geometry. Every trainer calls this, so a step's draws from
     ``rng`` are the same whichever trainer runs it; the caller checks ``config.augment``.
     """
-    tensors = [image] if labels is None else [image, labels]
-    flipped = random_flips(tensors, config.flip_axes, rng)
-    image = flipped[0]
-    labels = None if labels is None else flipped[1]
+    if labels is None:
+        (image,) = random_flips([image], config.flip_axes, rng)
+    else:
+        image, labels = random_flips([image, labels], config.flip_axes, rng)
     image, labels = random_affine(
         image, labels, rng, config.rotate_deg, config.scale_fraction, config.shift_voxels
     )

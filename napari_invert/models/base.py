@@ -139,6 +139,13 @@ class Segmenter(nn.Module):
         self.pool_size = config.pool_size
         self.channels = level_channels(config)
 
+    def block_settings(self) -> tuple[list[int], int, int, str, float]:
+        """``(channels per level, kernel size, convs per level, norm, dropout)`` the
+        subclasses build their blocks from: this network's settings, ``per_architecture``
+        applied (never the caller's config)."""
+        c = self.config
+        return self.channels, c.kernel_size, c.convs_per_level, c.norm, c.dropout
+
     # -- contract ---------------------------------------------------------------------
     def encode(self, x: Tensor) -> EncoderFeatures:  # pragma: no cover - abstract
         raise NotImplementedError

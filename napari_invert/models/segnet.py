@@ -43,14 +43,7 @@ class SegNet3D(Segmenter):
     ) -> None:
         super().__init__(config, n_classes, in_channels)
         self.drop_levels = check_drop_levels(drop_levels, self.levels)
-        resolved = self.config  # config with this architecture's per_architecture settings
-        ch, k, n, norm, drop = (
-            self.channels,
-            resolved.kernel_size,
-            resolved.convs_per_level,
-            resolved.norm,
-            resolved.dropout,
-        )
+        ch, k, n, norm, drop = self.block_settings()
         L = self.levels
         self.encoder = nn.ModuleList(
             conv_block(in_channels if lvl == 0 else ch[lvl - 1], ch[lvl], n, k, norm, drop)

@@ -67,7 +67,7 @@ from napari_invert.checkpoint import (
 from napari_invert.config import TrainConfig
 from napari_invert.device import autocast, configure_backends, resolve_device
 from napari_invert.errors import CheckpointError, NapariInvertError
-from napari_invert.models.augment import augment_batch, augment_intensity  # noqa: F401 (augment_intensity re-exported)
+from napari_invert.models.augment import augment_batch
 from napari_invert.models.base import Segmenter
 from napari_invert.models.losses import IndexedDiceCELoss, segmentation_loss  # noqa: F401 (re-exported)
 from napari_invert.models.validation import (

@@ -117,12 +117,7 @@ def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any
                 f"after {r['steps_run']} steps)"
             )
         lines.append("  " + VERDICT_IMPLICATIONS)
-        few = [
-            r
-            for r in failing
-            if r.get("validation_source") == "held_out" and 0 < r.get("n_validation", 0) <= 2
-        ]
-        if few:
+        if any(_judged_on(r) and r["n_validation"] <= 2 for r in failing):
             lines.append(
                 "  A verdict on one or two held-out subjects is noisy (the same settings with another "
                 "seed can pass): the report's Dice section scores each victim on the fold's unseen "
