@@ -103,12 +103,42 @@ def test_study_artifacts_and_attacker_boundary(tmp_path, demo_cohort):
             assert rec["status"] == "finished" and rec["subject_ids"] == private
             assert set(seg_meta["fitted_on"]) | set(seg_meta["validated_on"]) == set(private)
             assert not set(seg_meta["fitted_on"]) & set(seg_meta["validated_on"])
+            # the finished victim is tested on the fold's unseen subjects, which it never saw
+            test = rec["test"]
+            assert test["subjects"] == attack
+            assert len(test["dice"]) == len(test["baseline_dice"]) == len(attack)
+            assert test["for_steps_run"] == rec["steps_run"] and test["n"] == len(attack)
+            assert test["mean_dice"] == pytest.approx(np.mean(test["dice"]))
             dec_rec = read_json(folder.decoder_convergence("skull_stripped", k, arch, tap))
             assert dec_rec["network"] == "decoder" and dec_rec["subject_ids"] == attack
             assert set(dec_meta["validated_on"]) <= set(attack)
         prior = nib.load(folder.prior("skull_stripped", k)).get_fdata()
         originals = [nib.load(folder.original("skull_stripped", s)).get_fdata() for s in attack]
         np.testing.assert_allclose(prior, np.mean(originals, axis=0), atol=1e-5)
+
+
+def test_a_resumed_study_tests_victims_that_lack_the_unseen_test(tmp_path, demo_cohort):
+    """A study from before the unseen-subject test gains it on the next run, without retraining."""
+    from napari_invert._io import write_json_atomic
+    from napari_invert.study.convergence import summarise_convergence
+
+    config = _config(demo_cohort)
+    folder = StudyRunner(config, tmp_path / "s", progress=False, folds=[0], architectures=["unet"]).run()
+    path = folder.segmenter_convergence("skull_stripped", 0, "unet")
+    record = read_json(path)
+    expected = record.pop("test")
+    write_json_atomic(path, record)
+    (row,) = [r for r in summarise_convergence(folder) if r["network"] == "victim"]
+    assert row["judged_on"] == "validation" and row["n_test"] == 0
+    weights = folder.segmenter_stem("skull_stripped", 0, "unet").with_suffix(".safetensors")
+    before = weights.stat().st_mtime_ns
+    StudyRunner(config, tmp_path / "s", progress=False, folds=[0], architectures=["unet"]).run()
+    assert weights.stat().st_mtime_ns == before  # not retrained
+    assert read_json(path)["test"]["dice"] == pytest.approx(expected["dice"])
+    (row,) = [r for r in summarise_convergence(folder) if r["network"] == "victim"]
+    assert row["judged_on"] == "unseen" and row["n_test"] == len(expected["subjects"])
+    assert row["segments"] is expected["segments"]
+    assert row["test_score"] == pytest.approx(expected["mean_dice"])
 
 
 def test_a_different_config_is_refused(tmp_path, demo_cohort):

@@ -44,8 +44,13 @@ def summarise_convergence(folder: str | Path | StudyFolder) -> list[dict[str, An
     ``stop_reason`` (``plateau`` / ``max_steps`` / ``cancelled``), ``steps_run``,
     ``max_steps``, ``best_step``, ``metric`` (``dice``: higher is better; ``mse``: lower),
     ``best_score``, ``baseline_score``, ``baseline``, ``validation_source``
-    (``held_out`` / ``training`` / ``none``), ``segments`` (victims: bool or None when not
-    judged), ``segments_reason``, ``seconds``, ``path``. Unreadable records give a row with
+    (``held_out`` / ``training`` / ``none``), ``n_validation``, ``seconds``, ``path``.
+    Victims also carry the verdict: ``segments`` (bool, or None when not judged),
+    ``segments_reason``, ``judged_on`` (``unseen``: the test on the fold's unseen subjects,
+    which decides whenever the record holds one; ``validation``: the best validation Dice;
+    None), ``validation_segments`` (the validation verdict alone), ``test_score`` /
+    ``test_baseline`` (mean Dice on the unseen subjects, victim / majority-label baseline),
+    ``test_gain_ci95`` and ``n_test``. Unreadable records give a row with
     ``status = "unreadable"`` and the problem in ``segments_reason``.
     """
     folder = folder if isinstance(folder, StudyFolder) else StudyFolder(Path(folder))
@@ -81,8 +86,7 @@ def summarise_convergence(folder: str | Path | StudyFolder) -> list[dict[str, An
                 "baseline": rec.get("baseline"),
                 "validation_source": rec.get("validation_source"),
                 "n_validation": len(rec.get("validated_on") or []),
-                "segments": rec.get("segments") if network == "victim" else None,
-                "segments_reason": rec.get("segments_reason", ""),
+                **(_verdict(rec) if network == "victim" else _NO_VERDICT),
                 "seconds": rec.get("seconds"),
                 "path": str(path),
             }
@@ -90,38 +94,72 @@ def summarise_convergence(folder: str | Path | StudyFolder) -> list[dict[str, An
     return rows
 
 
+_NO_VERDICT: dict[str, Any] = {
+    "segments": None,
+    "segments_reason": "",
+    "judged_on": None,
+    "validation_segments": None,
+    "test_score": None,
+    "test_baseline": None,
+    "test_gain_ci95": None,
+    "n_test": 0,
+}
+
+
+def _verdict(rec: dict[str, Any]) -> dict[str, Any]:
+    """A victim's verdict: on the fold's unseen subjects when its record holds a current test
+    (:mod:`napari_invert.study.unseen_test`), else on its validation subjects."""
+    from napari_invert.study.unseen_test import unseen_test_is_current
+
+    test = rec.get("test")
+    out = {**_NO_VERDICT, "validation_segments": rec.get("segments")}
+    if isinstance(test, dict) and unseen_test_is_current(rec, test.get("subjects") or []):
+        out.update(
+            test_score=test.get("mean_dice"),
+            test_baseline=test.get("mean_baseline"),
+            test_gain_ci95=test.get("gain_ci95"),
+            n_test=int(test.get("n") or 0),
+        )
+        if test.get("segments") is not None:
+            out.update(segments=bool(test["segments"]), segments_reason=test.get("reason", ""))
+            out["judged_on"] = "unseen"
+            return out
+    out.update(segments=rec.get("segments"), segments_reason=rec.get("segments_reason", ""))
+    out["judged_on"] = None if rec.get("segments") is None else "validation"
+    return out
+
+
 def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any]:
     """Do the study's victims segment? (The one check behind every warning.)
 
     Returns ``{"ok": bool, "n_victims": int, "failing": [rows], "unjudged": [rows],
-    "message": str}``: ``failing`` are victims whose record says ``segments: false``
-    (best validation Dice below ``min_validation_dice`` or not ``min_dice_gain`` above the
-    majority-label baseline); ``unjudged`` have no verdict (validation off, or training
-    not finished). ``message`` is empty when ``ok``; otherwise a multi-line warning that
-    names each failing victim, its Dice and baseline, and which conclusions still hold.
+    "overruled": [rows], "message": str}``: ``failing`` are victims judged not to segment
+    (Dice below ``min_validation_dice`` or not ``min_dice_gain`` above the majority-label
+    baseline) on the fold's unseen subjects, or on their validation subjects when there is
+    no such test; ``unjudged`` have no verdict (validation off, or training not finished);
+    ``overruled`` segment on the unseen subjects although their validation score on a
+    handful of subjects said otherwise. ``message`` is empty when ``ok``; otherwise a
+    multi-line warning that names each failing victim, its Dice and baseline, and which
+    conclusions still hold.
     """
     rows = [r for r in summarise_convergence(folder) if r["network"] == "victim"]
     failing = [r for r in rows if r.get("segments") is False]
     unjudged = [r for r in rows if r.get("segments") is None]
+    overruled = [r for r in rows if r.get("segments") is True and r.get("validation_segments") is False]
     lines: list[str] = []
     if failing:
         lines.append(
             f"WARNING: {len(failing)} of {len(rows)} victim segmenters do not segment "
-            "(validation Dice too low or not clearly above the majority-label baseline):"
+            "(Dice too low or not clearly above the majority-label baseline):"
         )
         for r in failing:
-            judged_on = _judged_on(r)
-            lines.append(
-                f"  - {r['variant']} fold {r['fold']} {r['arch']}: best Dice {_num(r['best_score'])} "
-                f"vs baseline {_num(r['baseline_score'])}{judged_on} (stopped: {r['stop_reason']} "
-                f"after {r['steps_run']} steps)"
-            )
+            lines.append(f"  - {r['variant']} fold {r['fold']} {r['arch']}: {_evidence(r)}")
         lines.append("  " + VERDICT_IMPLICATIONS)
-        if any(_judged_on(r) and r["n_validation"] <= 2 for r in failing):
+        if any(r["judged_on"] == "validation" and _judged_on(r) and r["n_validation"] <= 2 for r in failing):
             lines.append(
                 "  A verdict on one or two held-out subjects is noisy (the same settings with another "
-                "seed can pass): the report's Dice section scores each victim on the fold's unseen "
-                "subjects against the same kind of baseline."
+                "seed can pass): run `napari-invert study` on this folder again to test each finished "
+                "victim on its fold's unseen subjects, which then decides (nothing is retrained)."
             )
         lines.append(
             "  Try more steps (segmenter_training.steps), a different lr, or check the labels; "
@@ -132,8 +170,27 @@ def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any
         "n_victims": len(rows),
         "failing": failing,
         "unjudged": unjudged,
+        "overruled": overruled,
         "message": "\n".join(lines),
     }
+
+
+def _evidence(row: dict[str, Any]) -> str:
+    """What a victim's verdict rests on, e.g. ``Dice 0.61 vs baseline 0.60 on 30 unseen
+    subjects (gain 95% CI [...]); validation: best Dice 0.66 vs 0.62 on 2 held-out subjects
+    (stopped: plateau after 400 steps)``."""
+    validation = (
+        f"best Dice {_num(row['best_score'])} vs baseline {_num(row['baseline_score'])}{_judged_on(row)} "
+        f"(stopped: {row['stop_reason']} after {row['steps_run']} steps)"
+    )
+    if row.get("judged_on") != "unseen":
+        return validation
+    ci = row.get("test_gain_ci95") or [float("nan")] * 2
+    return (
+        f"Dice {_num(row['test_score'])} vs baseline {_num(row['test_baseline'])} on {row['n_test']} "
+        f"unseen subject{'s' if row['n_test'] != 1 else ''} (gain 95% CI [{_num(ci[0])}, {_num(ci[1])}]); "
+        f"validation: {validation}"
+    )
 
 
 def _judged_on(row: dict[str, Any]) -> str:
@@ -168,6 +225,8 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
         "metric",
         "best",
         "baseline",
+        "unseen",
+        "baseline",
         "segments",
         "s",
     ]
@@ -189,7 +248,11 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
                 str(r.get("metric") or "-"),
                 _num(r.get("best_score")),
                 _num(r.get("baseline_score")),
-                "-" if seg is None else ("yes" if seg else "NO"),
+                _num(r.get("test_score")),
+                _num(r.get("test_baseline")),
+                "-"
+                if seg is None
+                else ("yes" if seg else "NO") + (" (valid.)" if r.get("judged_on") == "validation" else ""),
                 _num(r.get("seconds"), 0),
             ]
         )
@@ -202,6 +265,9 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
         "metric: dice = victim's mean foreground Dice on held-out private subjects (higher is better; "
         "baseline = majority label per voxel of its training labels); mse = decoder's reconstruction "
         "error on held-out attack subjects (lower is better; baseline = the attacker's mean image).\n"
+        "unseen: the finished victim's mean Dice on the fold's unseen (attack) subjects, beside the same "
+        "kind of baseline; segments is judged on it (on the validation Dice, marked 'valid.', when "
+        "there is no such test).\n"
     )
     return "\n".join(lines) + "\n" + notes
 
@@ -213,5 +279,12 @@ def format_victim_check(check: dict[str, Any]) -> str:
         if n == 0:
             return "victims: no convergence records (trained by an older version, or not yet)"
         extra = f" ({len(check['unjudged'])} not judged)" if check["unjudged"] else ""
-        return f"victims: all {n} segment (validation Dice clearly above the baseline){extra}"
+        text = f"victims: all {n} segment (Dice clearly above the majority-label baseline){extra}"
+        if check.get("overruled"):
+            names = ", ".join(f"{r['variant']} fold {r['fold']} {r['arch']}" for r in check["overruled"])
+            text += (
+                f"; the validation score flagged {names}, but validation rests on "
+                "few subjects and the test on the fold's unseen subjects decides"
+            )
+        return text
     return check["message"]

@@ -259,6 +259,7 @@ class StudyRunner:
         targets = [*private, *holdout]  # members, then non-members
         for arch in archs:
             model = self._train_segmenter(variant, fold, arch, private, prepared, device)
+            self._test_on_unseen(variant, fold, arch, model, private, attack, device)
             for tap in self.config.attack.taps.get(arch, []):
                 self._attack(variant, fold, arch, tap, model, targets, attack, prepared, device)
             if self.config.membership.enabled and holdout:
@@ -315,6 +316,25 @@ class StudyRunner:
         final_loss = float(history[-1]["loss"]) if history else float("nan")
         self._mark(key, seconds=round(seconds, 1), final_loss=final_loss)
         return model
+
+    def _test_on_unseen(self, variant: str, fold: Fold, arch: str, model, private, unseen, device) -> None:
+        """The victim's verdict on the fold's unseen subjects, stored in its convergence record
+        (:func:`napari_invert.study.unseen_test.ensure_unseen_test`)."""
+        from napari_invert.study.unseen_test import ensure_unseen_test
+
+        fitted = set(_fit_split(self._victim_train_config(fold), private)["fitted_on"])
+        cfg = self.config.segmenter_training
+        test = ensure_unseen_test(
+            self.folder.segmenter_convergence(variant, fold.fold, arch),
+            model,
+            [s.labels for s in private if s.subject_id in fitted],
+            unseen,
+            cfg.min_validation_dice,
+            cfg.min_dice_gain,
+            device,
+        )
+        if test is not None:
+            log.info("%s fold %d %s victim: %s", variant, fold.fold, arch, test["reason"])
 
     def _victim_train_config(self, fold: Fold):  # -> TrainConfig
         """The victim's training settings for ``fold`` (its seed differs per fold)."""

@@ -146,6 +146,11 @@ def convergence_rows(rows: list[dict[str, Any]]) -> list[Row]:
             )
         else:
             detail += "; no validation"
+        if r.get("network") == "victim" and r.get("test_score") is not None:
+            detail += (
+                f"; unseen Dice {_num(r.get('test_score'))} vs baseline {_num(r.get('test_baseline'))} "
+                f"({r.get('n_test')} subjects)"
+            )
         if r.get("network") == "victim" and r.get("segments") is False:
             detail += " — DOES NOT SEGMENT"
         out.append((where, detail))
