@@ -179,6 +179,34 @@ def test_dropped_study_opens_with_the_docks(
 
 @pytest.mark.gui
 @needs_display
+def test_a_partial_study_opens_on_a_reconstructed_subject(
+    make_napari_viewer, qtbot, study_dir: Path, tmp_path: Path
+) -> None:
+    """A study run on some folds only: Compare opens on a subject that has reconstructions
+    (not on the first subject, whose fold was not run) and marks the others."""
+    from napari_invert.study.results import StudyResults
+    from napari_invert.widgets._launch import open_study_in_viewer
+
+    partial = tmp_path / "partial"
+    shutil.copytree(study_dir, partial)
+    results = StudyResults(partial)
+    first = results.subject_ids[0]
+    variant = results.variants[0]
+    shutil.rmtree(partial / variant / f"fold{results.fold_of(first)}")  # its fold never ran
+    done = StudyResults(partial).reconstructed_subjects(variant)
+    assert first not in done and done
+
+    viewer = make_napari_viewer()
+    start = n_records()
+    _, compare = open_study_in_viewer(viewer, partial)
+    qtbot.waitUntil(lambda: not compare.busy and compare.current_view is not None, timeout=WAIT_MS)
+    assert compare.current_subject in done
+    assert "not reconstructed yet" in compare.subject_list.item(0).text()
+    assert errors_since(start) == []
+
+
+@pytest.mark.gui
+@needs_display
 def test_bad_folders_show_errors_not_exceptions(make_napari_viewer, tmp_path: Path, study_dir: Path) -> None:
     from napari_invert.widgets._compare_widget import CompareWidget
     from napari_invert.widgets._study_widget import StudyWidget

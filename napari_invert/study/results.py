@@ -125,6 +125,19 @@ class StudyResults:
                             found.add(Experiment(variant, arch_dir.name, tap_from_slug(tap_dir.name)))
         return sorted(found)
 
+    def reconstructed_subjects(self, variant: str) -> set[str]:
+        """Subjects with at least one reconstruction of ``variant`` from their private fold
+        (a partial study, run on some folds only, has none for the others)."""
+        found: set[str] = set()
+        for fold in self.splits["folds"]:
+            fold_dir = self.root / variant / f"fold{int(fold['fold'])}"
+            if not fold_dir.is_dir():
+                continue
+            for sid in fold["private"]:
+                if any(fold_dir.glob(f"*/*/recon/{sid}.nii.gz")):
+                    found.add(sid)
+        return found
+
     # -- arrays ----------------------------------------------------------------------
     def original(self, variant: str, subject_id: str) -> np.ndarray:
         return _read_array(self.folder.original(variant, subject_id), np.float32)

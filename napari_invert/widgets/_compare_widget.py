@@ -255,15 +255,19 @@ class CompareWidget(OverlayControls, QWidget):
         self._session.show_variant(self.variant_combo.currentText())
         self._fill_experiments()
         self._set_enabled(True)
-        self.set_subject(0)
+        # a partial study (some folds not run yet): open on a subject that has reconstructions
+        done = study.reconstructed_subjects(self.variant_combo.currentText())
+        self.set_subject(next((i for i, s in enumerate(study.subject_ids) if s in done), 0))
 
     def _fill_subjects(self, study: StudyResults) -> None:
         fold_of = {s: f.fold for f in folds_of(study) for s in f.private}
+        done = set().union(*(study.reconstructed_subjects(v) for v in study.variants))
         with blocked(self.subject_list):
             self.subject_list.clear()
             for sid in study.subject_ids:
+                later = "" if sid in done else "; not reconstructed yet"
                 self.subject_list.addItem(
-                    QListWidgetItem(f"{sid}  (private in fold {fold_of.get(sid, '–')})")
+                    QListWidgetItem(f"{sid}  (private in fold {fold_of.get(sid, '–')}{later})")
                 )
 
     def _fill_experiments(self, tick: Experiment | None = None) -> None:
