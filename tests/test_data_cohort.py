@@ -3,7 +3,6 @@ broken files, cohort summaries and prepare_cohort (grid, label modes, cache)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -120,14 +119,11 @@ def test_ixi_layout(ixi: Path) -> None:
 
 
 def test_summaries_of_the_real_cohorts(lpba40: Path, ixi: Path) -> None:
-    t0 = time.perf_counter()
     lp = cohort_summary(Cohort.from_path(lpba40))
-    elapsed = time.perf_counter() - t0
     assert lp["n_subjects"] == 40 and lp["shapes"] == {"160x192x160": 40}
     assert lp["voxel_sizes_mm"] == {"1x1x1": 40} and lp["orientations"] == {"LPS": 40}
     assert lp["n_structures"] == 56 and lp["problems"] == []
     assert lp["variants"] == ["skull_stripped"] and lp["demographics_columns"] == []
-    assert elapsed < 20  # headers + 40 label maps: a few seconds
     ix = cohort_summary(Cohort.from_path(ixi))
     assert ix["n_subjects"] == 40 and ix["shapes"] == {"120x120x90": 40}
     assert ix["voxel_sizes_mm"] == {"2x2x2": 40} and ix["orientations"] == {"PSR": 40}

@@ -96,7 +96,7 @@ def test_bad_input_raises_and_cleans_up(volumes: dict[str, np.ndarray], private_
 
 
 def test_matrix_in_workers_is_deterministic_and_cached(
-    volumes: dict[str, np.ndarray], tmp_path: Path, private_tmp: Path
+    volumes: dict[str, np.ndarray], tmp_path: Path, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crop = (slice(4, 28),) * 3  # 24^3: keeps the worker round trips short
     fixed_list = [volumes["fixed"][crop], volumes["other"][crop]]
@@ -113,12 +113,20 @@ def test_matrix_in_workers_is_deterministic_and_cached(
     # spawned single-threaded workers: bit-identical on a rerun (1 worker, no cache)
     again = deformation_matrix(fixed_list, moving_list, pairs, workers=1, **common)
     assert again == first
-    # the cache answers without registering (fast) and holds JSON + magnitude maps
-    t0 = time.perf_counter()
+    # the cache answers without registering (a registration would raise here) and holds
+    # JSON + magnitude maps, which it does not rewrite
+    from napari_invert.metrics.registration import matrix
+
+    def no_registration(task: dict) -> dict:
+        raise AssertionError("a cached pair was registered again")
+
+    stamps = {p: p.stat().st_mtime_ns for p in cache.iterdir()}
+    monkeypatch.setattr(matrix, "_run_task", no_registration)
     cached = deformation_matrix(
-        fixed_list, moving_list, pairs, workers=2, cache_dir=cache, save_magnitude=True, **common
+        fixed_list, moving_list, pairs, workers=0, cache_dir=cache, save_magnitude=True, **common
     )
-    assert cached == first and time.perf_counter() - t0 < 2.0
+    assert cached == first
+    assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     records = [json.loads(p.read_text()) for p in cache.glob("*.json")]
     assert sorted(r["mean_norm"] for r in records) == sorted(first.values())
     assert all(r["preset"]["name"] == "fast" and r["seed"] == 3 for r in records)
