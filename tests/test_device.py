@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -55,5 +57,31 @@ def test_set_threads() -> None:
         assert set_threads(None) == 1
         with pytest.raises(ConfigError):
             set_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_entry_points_give_the_thread_settings_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study, audit or evaluation sets one thread per process; the caller gets its own back,
+    also when the call raises."""
+    from napari_invert._threads import restores_threads
+
+    @restores_threads
+    def study_like(fail: bool) -> int:
+        set_threads(1)
+        if fail:
+            raise RuntimeError("stopped")
+        return torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    try:
+        assert study_like(False) == 1
+        assert torch.get_num_threads() == 2 and "OMP_NUM_THREADS" not in os.environ
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        with pytest.raises(RuntimeError, match="stopped"):
+            study_like(True)
+        assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
     finally:
         torch.set_num_threads(before)

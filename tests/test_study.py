@@ -119,11 +119,19 @@ def test_study_artifacts_and_attacker_boundary(tmp_path, demo_cohort):
 
 def test_a_resumed_study_tests_victims_that_lack_the_unseen_test(tmp_path, demo_cohort):
     """A study from before the unseen-subject test gains it on the next run, without retraining."""
+    import torch
+
     from napari_invert._io import write_json_atomic
     from napari_invert.study.convergence import summarise_convergence
 
-    config = _config(demo_cohort)
-    folder = StudyRunner(config, tmp_path / "s", progress=False, folds=[0], architectures=["unet"]).run()
+    config = _config(demo_cohort, num_threads=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        folder = StudyRunner(config, tmp_path / "s", progress=False, folds=[0], architectures=["unet"]).run()
+        assert torch.get_num_threads() == 2  # the study's one thread is not left behind
+    finally:
+        torch.set_num_threads(threads)
     path = folder.segmenter_convergence("skull_stripped", 0, "unet")
     record = read_json(path)
     expected = record.pop("test")

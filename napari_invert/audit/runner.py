@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from napari_invert._io import write_json_atomic, write_text_atomic
+from napari_invert._threads import restores_threads
 from napari_invert.audit.subjects import AuditRoles, resolve_subjects
 from napari_invert.audit_config import AuditConfig, parse_audit_config
 from napari_invert.config import dump_config
@@ -116,6 +117,7 @@ class AuditRunner:
         return open_cohort(self.config.cohort, self.folder.root / "demo_cohort", self.progress)
 
     # -- the audit ---------------------------------------------------------------------------
+    @restores_threads
     def run(self) -> StudyFolder:
         """Run every unfinished step; returns the study folder."""
         import torch

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_invert._io import write_json_atomic, write_text_atomic
+from napari_invert._threads import restores_threads
 from napari_invert.errors import ConfigError, DataError
 from napari_invert.report.deformation import deformation_settings, run_deformation
 from napari_invert.report.deformation import sample_columns as _sample_columns  # noqa: F401
@@ -210,6 +211,7 @@ def _private_fold(results: StudyResults, subject_id: str) -> int | None:
         return None
 
 
+@restores_threads
 def evaluate_study(
     study_dir: str | Path,
     metrics: Sequence[str] | None = None,

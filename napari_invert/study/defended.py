@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from napari_invert._io import read_json, write_json_atomic
+from napari_invert._threads import restores_threads
 from napari_invert.config import StudyConfig
 from napari_invert.defences.spec import REFERENCE, DefenceSpec, expand_defences
 from napari_invert.study.layout import StudyFolder
@@ -62,6 +63,7 @@ def defence_specs(config: StudyConfig) -> list[DefenceSpec]:
     return [REFERENCE, *expand_defences(config.defences)]
 
 
+@restores_threads
 def run_defended_study(
     config: StudyConfig,
     out_dir: str | Path,

@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from napari_invert._io import write_json_atomic, write_text_atomic
+from napari_invert._threads import restores_threads
 from napari_invert.config import StudyConfig, dump_config, parse_config
 from napari_invert.errors import ConfigError
 from napari_invert.study.layout import StudyFolder
@@ -198,6 +199,7 @@ class StudyRunner:
         return prepared
 
     # -- the study -------------------------------------------------------------------------
+    @restores_threads
     def run(self) -> StudyFolder:
         """Run every unfinished step; returns the study folder."""
         from napari_invert.device import resolve_device, set_threads
