@@ -358,7 +358,8 @@ def test_summary_check_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "fold 0 segnet" in check["message"] and "Feature-inversion" in check["message"]
     n_held_out = check["failing"][0]["n_validation"]
     assert n_held_out == 1 and "on 1 held-out subject (stopped:" in check["message"]
-    assert "A verdict on one or two held-out subjects is noisy" in check["message"]
+    assert "Judged on validation subjects only, one or two of them: a noisy verdict" in check["message"]
+    assert "tells a victim that memorised its training subjects" in check["message"]
     table = format_convergence_table(rows)
     assert "NO" in table and "yes" in table
     assert main(["study-info", str(folder.root)]) == 1

@@ -161,7 +161,11 @@ def test_majority_label_baseline_known_answers() -> None:
 
 
 def test_barely_segments_warning_threshold() -> None:
-    from napari_invert.report.dice import BARELY_SEGMENTS_MARGIN, DiceBaseline, barely_segments_warnings
+    from napari_invert.report.dice_baseline import (
+        BARELY_SEGMENTS_MARGIN,
+        DiceBaseline,
+        barely_segments_warnings,
+    )
 
     good = DiceBaseline("skull_stripped", "unet", 0.70, 0.35, 0.05, 10)
     bad = DiceBaseline("skull_stripped", "segnet", 0.35 + BARELY_SEGMENTS_MARGIN / 2, 0.35, 0.05, 10)
@@ -179,6 +183,17 @@ def test_barely_segments_warning_threshold() -> None:
     # the untrained-victim control never segments by design: it is not warned about
     control = DiceBaseline(**{**bad.__dict__, "arch": "unet@untrained"})
     assert barely_segments_warnings([good, control]) == []
+    # it barely segments on unseen subjects, but fits the ones it trained on: it memorised them,
+    # and the banner says membership inference on it is real leakage, not "nothing to leak"
+    from napari_invert.models.validation import MEMORISED_IMPLICATIONS
+
+    assert bad.failure == "learned_little" and "membership inference and the utility axis" in warnings[0]
+    overfit = DiceBaseline(**{**bad.__dict__, "victim_trained_on": 0.80})
+    assert overfit.failure == "memorised" and overfit.to_dict()["failure"] == "memorised"
+    (text,) = barely_segments_warnings([good, overfit])
+    assert "(memorised: 0.80 on its training subjects)" in text and MEMORISED_IMPLICATIONS in text
+    assert "membership inference and the utility axis of the defences do not" not in text
+    assert good.failure is None
 
 
 def test_untrained_victims_raise_the_banner_and_dice_figure_fits_the_page(tmp_path: Path) -> None:

@@ -109,6 +109,7 @@ def test_study_artifacts_and_attacker_boundary(tmp_path, demo_cohort):
             assert len(test["dice"]) == len(test["baseline_dice"]) == len(attack)
             assert test["for_steps_run"] == rec["steps_run"] and test["n"] == len(attack)
             assert test["mean_dice"] == pytest.approx(np.mean(test["dice"]))
+            assert len(test["fitted_dice"]) == len(seg_meta["fitted_on"])  # also scored on those
             dec_rec = read_json(folder.decoder_convergence("skull_stripped", k, arch, tap))
             assert dec_rec["network"] == "decoder" and dec_rec["subject_ids"] == attack
             assert set(dec_meta["validated_on"]) <= set(attack)

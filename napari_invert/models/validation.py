@@ -33,12 +33,23 @@ from napari_invert.config import TrainConfig
 #: a held-out split needs at least this many subjects left to train on
 MIN_TRAIN_FOR_HOLDOUT = 2
 
-#: what every "victim does not segment" message adds about the conclusions
+#: what a "victim does not segment" message adds about the conclusions (a victim that learned
+#: little, on its own training subjects too, or one whose training-subject Dice is unknown)
 VERDICT_IMPLICATIONS = (
     "Feature-inversion results still hold (that attack reads the encoder's outputs and works "
     "on untrained networks too); membership inference (training-data leakage) and the utility "
     "(Dice) axis of the defences do not: a victim that does not segment has learned little "
     "to leak and has no utility to lose."
+)
+
+#: ... and what it adds instead when the victim fits the subjects it trained on clearly better
+#: than unseen ones (measured: such a U-Net on LPBA40 gave membership AUC 1.00)
+MEMORISED_IMPLICATIONS = (
+    "Feature-inversion results still hold (that attack reads the encoder's outputs and works "
+    "on untrained networks too). This victim fits the subjects it trained on clearly better than "
+    "unseen ones: it memorised them, which is exactly what membership inference exploits, so a "
+    "membership result on it is real training-data leakage (expect it to be strong); the utility "
+    "(Dice) axis of the defences means little, as the victim is of little use on new patients."
 )
 
 

@@ -3,11 +3,8 @@
 * :func:`compute_dice`: each fold's own trained victim segments its private (training)
   and attack (unseen) originals, every private reconstruction and the fold's prior; rows
   of ``tables/dice_per_subject.csv`` (:class:`DiceRow`).
-* :func:`compute_baselines`: the Dice of a trivial predictor on the unseen subjects (the
-  majority label per voxel of the victim's training labels,
-  :func:`napari_invert.metrics.majority_baseline_dice`), per victim
-  (:class:`DiceBaseline`), and :func:`barely_segments_warnings`: a banner when a victim's
-  Dice on unseen subjects is within :data:`BARELY_SEGMENTS_MARGIN` of that baseline.
+* the victims against a trivial predictor and the "barely segments" banner live in
+  :mod:`napari_invert.report.dice_baseline` (re-exported here);
 * :func:`dice_table`, :func:`dice_figure` and the report section :func:`dice_section`.
 """
 
@@ -16,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +21,9 @@ import numpy as np
 
 from napari_invert._io import write_text_atomic
 from napari_invert.report import paper
+from napari_invert.report.dice_baseline import (  # re-exported: report.dice is where they used to live
+    DiceBaseline,
+)
 from napari_invert.report.tables import (
     _ARCH_ORDER,
     _TAP_ORDER,
@@ -43,12 +43,6 @@ from napari_invert.threat_models import ARCH_NAMES
 if TYPE_CHECKING:
     from napari_invert.report.html import ReportContext, Section
     from napari_invert.report.summary import ExperimentEvaluation, Log
-
-#: Warn when a victim's mean Dice on unseen subjects exceeds the trivial predictor's by
-#: less than this (absolute Dice). The default of ``segmenter_training.min_dice_gain``, the
-#: margin the victims' own validation verdict uses: a study passes it in, so the report's two
-#: warnings (unseen subjects here, validation subjects in the convergence record) agree.
-BARELY_SEGMENTS_MARGIN = 0.05
 
 _ARCH = ARCH_NAMES
 
@@ -109,39 +103,6 @@ def dice_order(r: DiceRow) -> tuple:
         r.input,
         r.reference,
     )
-
-
-@dataclass
-class DiceBaseline:
-    """A victim (variant, arch) against the trivial predictor, on its unseen subjects.
-
-    ``victim_unseen``: mean Dice of the victims (one per fold) on their attack (unseen)
-    subjects; ``baseline_unseen``: mean Dice of the majority label map of each fold's
-    training labels on the same subjects; ``n``: subjects x folds pooled; ``min_gain``: the
-    margin below which it "barely segments".
-    """
-
-    variant: str
-    arch: str
-    victim_unseen: float
-    baseline_unseen: float
-    baseline_sd: float
-    n: int
-    min_gain: float = BARELY_SEGMENTS_MARGIN
-
-    @property
-    def margin(self) -> float:
-        return float(self.victim_unseen - self.baseline_unseen)
-
-    @property
-    def barely_segments(self) -> bool:
-        return bool(np.isfinite(self.margin) and self.margin < self.min_gain)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["margin"] = self.margin
-        d["barely_segments"] = self.barely_segments
-        return d
 
 
 def _n_classes(results: StudyResults, meta: dict[str, Any], labels: list[np.ndarray]) -> int:
@@ -258,83 +219,6 @@ def _mean_dice(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> float:
     from napari_invert.metrics import mean_dice
 
     return float(mean_dice(pred, ref, n_classes))
-
-
-def compute_baselines(
-    results: StudyResults,
-    dice_rows: Sequence[DiceRow],
-    n_classes_hint: int | None = None,
-    min_gain: float = BARELY_SEGMENTS_MARGIN,
-) -> list[DiceBaseline]:
-    """The trivial predictor's Dice on each fold's unseen subjects, beside the victims'.
-
-    For every (variant, fold) with victim rows: the majority label map of the fold's
-    private (training) labels, scored against the labels of its attack subjects. Labels
-    are read from ``data/<variant>/labels``.
-    """
-    from napari_invert.metrics import majority_baseline_dice
-
-    splits = {int(f["fold"]): f for f in results.splits["folds"]}
-    out: list[DiceBaseline] = []
-    pairs = sorted(
-        {(r.variant, r.arch) for r in dice_rows},
-        key=lambda va: (_position(va[0], _VARIANT_ORDER), _position(va[1], _ARCH_ORDER)),
-    )
-    per_fold: dict[tuple[str, int], np.ndarray] = {}
-    for variant, arch in pairs:
-        victim, base = [], []
-        folds = sorted({r.fold for r in dice_rows if (r.variant, r.arch) == (variant, arch)})
-        for fold in folds:
-            victim += [
-                r.dice
-                for r in dice_rows
-                if (r.variant, r.arch, r.fold) == (variant, arch, fold)
-                and r.input == "original"
-                and r.role == "attack"
-                and r.reference == "manual"
-            ]
-            if (variant, fold) not in per_fold:
-                train = [results.labels(variant, s) for s in splits[fold]["private"]]
-                test = [results.labels(variant, s) for s in splits[fold]["attack"]]
-                if any(x is None for x in [*train, *test]) or not train or not test:
-                    continue
-                n = n_classes_hint or int(max(int(a.max()) for a in [*train, *test])) + 1
-                per_fold[(variant, fold)] = majority_baseline_dice(train, test, n)
-            base += list(per_fold[(variant, fold)])
-        vm, _, nv = mean_sd(victim)
-        bm, bsd, _ = mean_sd(base)
-        out.append(DiceBaseline(variant, arch, vm, bm, bsd, nv, min_gain))
-    return out
-
-
-def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
-    """One banner (or none) naming every victim whose unseen-subject Dice is close to the
-    trivial predictor's (within each one's ``min_gain``)."""
-    from napari_invert.threat_models import ArchKey
-
-    # the untrained-victim control is not meant to segment: it is not a victim to warn about
-    weak = [b for b in baselines if b.barely_segments and not ArchKey.parse(b.arch).is_control]
-    if not weak:
-        return []
-    which = "; ".join(
-        f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
-        for b in weak
-    )
-    return [
-        f"{'The victim barely segments' if len(weak) == 1 else f'{len(weak)} victims barely segment'}: "
-        f"mean Dice on unseen subjects less than {weak[0].min_gain:.2f} above a trivial predictor that "
-        f"ignores the image (the majority label of the victim's training labels at each voxel): {which}. "
-        "Reconstruction Dice and comparisons with the paper's Dice mean little for such victims; train "
-        "them longer (segmenter_training.steps) before drawing conclusions from Dice. Feature-inversion "
-        "results still hold (that attack works on untrained networks too); membership inference and the "
-        "utility axis of the defences do not."
-        + (
-            " For an audited model ('user', trained outside napari-invert): check first that the audit's "
-            "preprocess: block (voxel_mm, normalisation, orientation) matches how it was trained."
-            if any(b.arch == "user" for b in weak)
-            else ""
-        )
-    ]
 
 
 def dice_table(rows: Sequence[DiceRow], baselines: Sequence[DiceBaseline] = ()) -> Table:

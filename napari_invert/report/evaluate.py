@@ -55,15 +55,8 @@ from napari_invert._threads import restores_threads
 from napari_invert.errors import ConfigError, DataError
 from napari_invert.report.deformation import deformation_settings, run_deformation
 from napari_invert.report.deformation import sample_columns as _sample_columns  # noqa: F401
-from napari_invert.report.dice import (
-    DiceRow,
-    barely_segments_warnings,
-    compute_baselines,
-    compute_dice,
-    dice_order,
-    dice_table,
-    write_dice_csv,
-)
+from napari_invert.report.dice import DiceRow, compute_dice, dice_order, dice_table, write_dice_csv
+from napari_invert.report.dice_baseline import barely_segments_warnings, compute_baselines
 from napari_invert.report.matrices import (
     FOREGROUND_THRESHOLD,
     REGIONS,

@@ -80,7 +80,7 @@ class EvaluationSummary:
     sampled ranking). ``native``: scores on each subject's native grid
     (:class:`~napari_invert.report.native.NativeEvaluation`) when
     ``evaluation.space: native``. ``dice_baseline``: the trivial predictor's Dice per
-    victim (:class:`~napari_invert.report.dice.DiceBaseline`). ``membership``: pooled
+    victim (:class:`~napari_invert.report.dice_baseline.DiceBaseline`). ``membership``: pooled
     membership-inference results per ``"<variant>/<arch>"`` (written to
     ``evaluation/membership/``).
     """

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_invert._io import read_json
-from napari_invert.models.validation import VERDICT_IMPLICATIONS
+from napari_invert.models.validation import MEMORISED_IMPLICATIONS, VERDICT_IMPLICATIONS
 from napari_invert.study.layout import StudyFolder, tap_from_slug
 
 __all__ = [
@@ -50,7 +50,9 @@ def summarise_convergence(folder: str | Path | StudyFolder) -> list[dict[str, An
     which decides whenever the record holds one; ``validation``: the best validation Dice;
     None), ``validation_segments`` (the validation verdict alone), ``test_score`` /
     ``test_baseline`` (mean Dice on the unseen subjects, victim / majority-label baseline),
-    ``test_gain_ci95`` and ``n_test``. Unreadable records give a row with
+    ``test_gain_ci95``, ``n_test``, ``fitted_score`` (mean Dice on the subjects it trained
+    on) and ``failure`` (``memorised`` / ``learned_little`` / None, see
+    :func:`napari_invert.study.unseen_test.failure_mode`). Unreadable records give a row with
     ``status = "unreadable"`` and the problem in ``segments_reason``.
     """
     folder = folder if isinstance(folder, StudyFolder) else StudyFolder(Path(folder))
@@ -103,6 +105,8 @@ _NO_VERDICT: dict[str, Any] = {
     "test_baseline": None,
     "test_gain_ci95": None,
     "n_test": 0,
+    "fitted_score": None,
+    "failure": None,
 }
 
 
@@ -119,6 +123,8 @@ def _verdict(rec: dict[str, Any]) -> dict[str, Any]:
             test_baseline=test.get("mean_baseline"),
             test_gain_ci95=test.get("gain_ci95"),
             n_test=int(test.get("n") or 0),
+            fitted_score=test.get("mean_fitted_dice"),
+            failure=test.get("failure"),
         )
         if test.get("segments") is not None:
             out.update(segments=bool(test["segments"]), segments_reason=test.get("reason", ""))
@@ -126,7 +132,7 @@ def _verdict(rec: dict[str, Any]) -> dict[str, Any]:
             return out
     out.update(segments=rec.get("segments"), segments_reason=rec.get("segments_reason", ""))
     out["judged_on"] = None if rec.get("segments") is None else "validation"
-    return out
+    return out  # failure stays None: without the test, memorised and learned-little look alike
 
 
 def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any]:
@@ -154,17 +160,33 @@ def victim_segmentation_check(folder: str | Path | StudyFolder) -> dict[str, Any
         )
         for r in failing:
             lines.append(f"  - {r['variant']} fold {r['fold']} {r['arch']}: {_evidence(r)}")
-        lines.append("  " + VERDICT_IMPLICATIONS)
-        if any(r["judged_on"] == "validation" and _judged_on(r) and r["n_validation"] <= 2 for r in failing):
+        memorised = [r for r in failing if r.get("failure") == "memorised"]
+        if len(memorised) < len(failing):
+            lines.append("  " + VERDICT_IMPLICATIONS)
+        if memorised:
+            names = ", ".join(f"fold {r['fold']} {r['arch']}" for r in memorised)
+            lines.append(f"  Memorised ({names}): " + MEMORISED_IMPLICATIONS)
+        on_validation = [r for r in failing if r["judged_on"] == "validation"]
+        if on_validation:
+            few = any(_judged_on(r) and r["n_validation"] <= 2 for r in on_validation)
             lines.append(
-                "  A verdict on one or two held-out subjects is noisy (the same settings with another "
-                "seed can pass): run `napari-invert study` on this folder again to test each finished "
-                "victim on its fold's unseen subjects, which then decides (nothing is retrained)."
+                "  Judged on validation subjects only"
+                + (", one or two of them: a noisy verdict (another seed can pass)" if few else "")
+                + ". Rerun `napari-invert study` on this folder to test each finished victim on its "
+                "fold's unseen subjects (nothing is retrained): that test decides, and it tells a victim "
+                "that memorised its training subjects (membership inference then leaks, strongly) from "
+                "one that learned little."
             )
-        lines.append(
-            "  Try more steps (segmenter_training.steps), a different lr, or check the labels; "
-            "`napari-invert study-info STUDY` shows every curve's summary."
-        )
+        if memorised:
+            lines.append(
+                "  A memorised victim needs spatial augmentation (segmenter_training.rotate_deg, "
+                "scale_fraction, shift_voxels) or more training subjects, not more steps."
+            )
+        if len(memorised) < len(failing):
+            lines.append(
+                "  Otherwise try more steps (segmenter_training.steps), a different lr, or check the labels."
+            )
+        lines.append("  `napari-invert study-info STUDY` shows every curve's summary.")
     return {
         "ok": not failing,
         "n_victims": len(rows),
@@ -186,10 +208,15 @@ def _evidence(row: dict[str, Any]) -> str:
     if row.get("judged_on") != "unseen":
         return validation
     ci = row.get("test_gain_ci95") or [float("nan")] * 2
+    fitted = ""
+    if row.get("fitted_score") is not None:
+        fitted = f"; Dice {_num(row['fitted_score'])} on the subjects it trained on"
+        if row.get("failure") == "memorised":
+            fitted += " (memorised)"
     return (
         f"Dice {_num(row['test_score'])} vs baseline {_num(row['test_baseline'])} on {row['n_test']} "
-        f"unseen subject{'s' if row['n_test'] != 1 else ''} (gain 95% CI [{_num(ci[0])}, {_num(ci[1])}]); "
-        f"validation: {validation}"
+        f"unseen subject{'s' if row['n_test'] != 1 else ''} (gain 95% CI [{_num(ci[0])}, {_num(ci[1])}])"
+        f"{fitted}; validation: {validation}"
     )
 
 
@@ -232,7 +259,6 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
     ]
     table = [header]
     for r in rows:
-        seg = r.get("segments")
         table.append(
             [
                 r["network"],
@@ -250,9 +276,7 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
                 _num(r.get("baseline_score")),
                 _num(r.get("test_score")),
                 _num(r.get("test_baseline")),
-                "-"
-                if seg is None
-                else ("yes" if seg else "NO") + (" (valid.)" if r.get("judged_on") == "validation" else ""),
+                _segments_cell(r),
                 _num(r.get("seconds"), 0),
             ]
         )
@@ -267,9 +291,22 @@ def format_convergence_table(rows: list[dict[str, Any]]) -> str:
         "error on held-out attack subjects (lower is better; baseline = the attacker's mean image).\n"
         "unseen: the finished victim's mean Dice on the fold's unseen (attack) subjects, beside the same "
         "kind of baseline; segments is judged on it (on the validation Dice, marked 'valid.', when "
-        "there is no such test).\n"
+        "there is no such test); memorised = it scores clearly better on the subjects it trained on.\n"
     )
     return "\n".join(lines) + "\n" + notes
+
+
+def _segments_cell(row: dict[str, Any]) -> str:
+    """``yes`` / ``NO`` / ``-``, with ``(memorised)`` and ``(valid.)`` (judged on validation)."""
+    seg = row.get("segments")
+    if seg is None:
+        return "-"
+    text = "yes" if seg else "NO"
+    if row.get("failure") == "memorised":
+        text += " (memorised)"
+    if row.get("judged_on") == "validation":
+        text += " (valid.)"
+    return text
 
 
 def format_victim_check(check: dict[str, Any]) -> str:

@@ -329,7 +329,7 @@ class StudyRunner:
         test = ensure_unseen_test(
             self.folder.segmenter_convergence(variant, fold.fold, arch),
             model,
-            [s.labels for s in private if s.subject_id in fitted],
+            [s for s in private if s.subject_id in fitted],
             unseen,
             cfg.min_validation_dice,
             cfg.min_dice_gain,

@@ -31,13 +31,19 @@ import numpy as np
 from napari_invert._io import read_json, write_json_atomic
 
 __all__ = [
+    "TEST_FORMAT",
     "TEST_ROLE",
     "attach_unseen_test",
     "ensure_unseen_test",
+    "failure_mode",
     "score_on_unseen",
     "unseen_test_is_current",
     "unseen_verdict",
 ]
+
+#: version of the ``test`` block; an older block is recomputed on the next run (2: adds the
+#: Dice on the training subjects and the failure mode)
+TEST_FORMAT = 2
 
 #: what the test subjects are, as the record and every message say it
 TEST_ROLE = "the fold's unseen (attack) subjects: never trained on, not used to pick the checkpoint"
@@ -103,6 +109,32 @@ def unseen_verdict(
     }
 
 
+def failure_mode(
+    segments: bool | None, fitted_dice: float | None, unseen_dice: float | None, min_gain: float
+) -> str | None:
+    """Why a victim does not segment: ``"memorised"`` when its mean Dice on the subjects it
+    trained on exceeds its mean Dice on unseen subjects by at least ``min_gain`` (it fits
+    its training set, not the task: the case membership inference exploits), else
+    ``"learned_little"``. None when it segments or was not judged. Dice values in [0, 1]."""
+    if segments is not False:
+        return None
+    if fitted_dice is None or unseen_dice is None or not np.isfinite([fitted_dice, unseen_dice]).all():
+        return "learned_little"
+    return "memorised" if fitted_dice - unseen_dice >= min_gain else "learned_little"
+
+
+def _mean_dice_of(
+    model: Any, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], device: Any
+) -> list[float]:
+    """The victim's mean foreground Dice on each (image, label map) pair, in [0, 1]."""
+    from napari_invert.metrics.dice import mean_dice
+    from napari_invert.models.factory import predict_many
+
+    n_classes = int(model.n_classes)
+    preds = predict_many(model, images, device=device, batch_size=1)
+    return [float(mean_dice(p, np.asarray(ref), n_classes)) for p, ref in zip(preds, labels)]
+
+
 def score_on_unseen(
     model: Any,
     train_labels: Sequence[np.ndarray],
@@ -112,43 +144,60 @@ def score_on_unseen(
     min_dice: float,
     min_gain: float,
     device: Any = None,
+    train_images: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Score a trained victim on unseen subjects and judge it (:func:`unseen_verdict`).
 
     ``model``: a :class:`~napari_invert.models.Segmenter` (its best checkpoint);
     ``train_labels``: the label maps ``(X, Y, Z)`` it took gradient steps on (the baseline's
     atlas); ``test_images`` / ``test_labels`` / ``test_ids``: the unseen subjects, images
-    normalised like the training images. Returns the record's ``test`` block: the verdict's
-    fields plus ``subjects``, ``role``, ``dice`` and ``baseline_dice`` per subject.
+    normalised like the training images; ``train_images`` (optional, same order as
+    ``train_labels``): also score the victim on its training subjects, which tells a victim
+    that memorised them from one that learned little (:func:`failure_mode`). Returns the
+    record's ``test`` block: the verdict's fields plus ``subjects``, ``role``, ``dice`` and
+    ``baseline_dice`` per subject, ``fitted_dice`` (per training subject; empty without
+    ``train_images``), ``mean_fitted_dice``, ``generalisation_gap`` (fitted minus unseen
+    mean Dice) and ``failure``.
     """
-    from napari_invert.metrics.dice import majority_baseline_dice, mean_dice
-    from napari_invert.models.factory import predict_many
+    from napari_invert.metrics.dice import majority_baseline_dice
 
     if not (len(test_images) == len(test_labels) == len(test_ids)):
         raise ValueError("score_on_unseen: images, labels and ids differ in number")
+    if train_images is not None and len(train_images) != len(train_labels):
+        raise ValueError("score_on_unseen: train_images and train_labels differ in number")
+    victim = _mean_dice_of(model, test_images, test_labels, device)
     n_classes = int(model.n_classes)
-    victim = [
-        mean_dice(pred, np.asarray(ref), n_classes)
-        for pred, ref in zip(predict_many(model, test_images, device=device, batch_size=1), test_labels)
-    ]
     baseline = majority_baseline_dice([np.asarray(t) for t in train_labels], list(test_labels), n_classes)
+    verdict = unseen_verdict(victim, baseline, min_dice, min_gain)
+    fitted = [] if train_images is None else _mean_dice_of(model, train_images, train_labels, device)
+    finite = [v for v in fitted if np.isfinite(v)]
+    mean_fitted = float(np.mean(finite)) if finite else None
+    unseen = verdict["mean_dice"]
+    gap = None if mean_fitted is None or unseen is None else mean_fitted - unseen
     return {
+        "format": TEST_FORMAT,
         "subjects": list(test_ids),
         "role": TEST_ROLE,
         "dice": [float(x) for x in victim],
         "baseline_dice": [float(x) for x in baseline],
-        **unseen_verdict(victim, baseline, min_dice, min_gain),
+        **verdict,
+        "fitted_dice": fitted,
+        "mean_fitted_dice": mean_fitted,
+        "generalisation_gap": gap,
+        "failure": failure_mode(verdict["segments"], mean_fitted, unseen, min_gain),
     }
 
 
 def unseen_test_is_current(record: dict[str, Any], test_ids: Sequence[str]) -> bool:
     """True when ``record`` (a victim's convergence record) holds a test of the network it
-    describes (same ``steps_run`` and ``best_step``) on exactly ``test_ids``."""
+    describes (same ``steps_run`` and ``best_step``) on exactly ``test_ids``, in the current
+    :data:`TEST_FORMAT`."""
     test = record.get("test")
     if not isinstance(test, dict):
         return False
     return (
-        test.get("subjects") == list(test_ids)
+        test.get("format") == TEST_FORMAT
+        and test.get("subjects") == list(test_ids)
         and test.get("for_steps_run") == record.get("steps_run")
         and test.get("for_best_step") == record.get("best_step")
     )
@@ -168,15 +217,16 @@ def attach_unseen_test(record_path: str | Path, test: dict[str, Any]) -> dict[st
 def ensure_unseen_test(
     record_path: str | Path,
     model: Any,
-    train_labels: Sequence[np.ndarray | None],
+    fitted: Sequence[Any],
     unseen: Sequence[Any],
     min_dice: float,
     min_gain: float,
     device: Any = None,
 ) -> dict[str, Any] | None:
-    """Test the victim on ``unseen`` subjects (objects with ``subject_id``, ``image``,
-    ``labels``) unless its convergence record already holds a current test; returns the new
-    ``test`` block, or None when nothing was done: no record (validation off, or a victim
+    """Test the victim on ``unseen`` subjects unless its convergence record already holds a
+    current test. ``fitted`` / ``unseen``: objects with ``subject_id``, ``image`` and
+    ``labels`` (the subjects it took gradient steps on / the fold's unseen ones). Returns the
+    new ``test`` block, or None when nothing was done: no record (validation off, or a victim
     trained by an older version that is not resumed), training not finished, a current test,
     no unseen subject, or label maps missing."""
     path = Path(record_path)
@@ -186,17 +236,18 @@ def ensure_unseen_test(
     ids = [s.subject_id for s in unseen]
     if record.get("status") != "finished" or unseen_test_is_current(record, ids):
         return None
-    if not train_labels or any(x is None for x in train_labels) or any(s.labels is None for s in unseen):
+    if not fitted or any(s.labels is None for s in (*fitted, *unseen)):
         return None
     test = score_on_unseen(
         model,
-        [np.asarray(x) for x in train_labels],
+        [np.asarray(s.labels) for s in fitted],
         [s.image for s in unseen],
         [s.labels for s in unseen],
         ids,
         min_dice,
         min_gain,
         device,
+        train_images=[s.image for s in fitted],
     )
     attach_unseen_test(path, test)
     return test
