@@ -193,6 +193,8 @@ def test_barely_segments_warning_threshold() -> None:
     (text,) = barely_segments_warnings([good, overfit])
     assert "(memorised: 0.80 on its training subjects)" in text and MEMORISED_IMPLICATIONS in text
     assert "membership inference and the utility axis of the defences do not" not in text
+    assert "needs spatial augmentation" in text and "train them longer" not in text
+    assert "train them longer" in warnings[0]
     assert good.failure is None
 
 

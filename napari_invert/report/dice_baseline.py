@@ -173,8 +173,13 @@ def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
         f"{'The victim barely segments' if len(weak) == 1 else f'{len(weak)} victims barely segment'}: "
         f"mean Dice on unseen subjects less than {weak[0].min_gain:.2f} above a trivial predictor that "
         f"ignores the image (the majority label of the victim's training labels at each voxel): {which}. "
-        "Reconstruction Dice and comparisons with the paper's Dice mean little for such victims; train "
-        "them longer (segmenter_training.steps) before drawing conclusions from Dice."
+        "Reconstruction Dice and comparisons with the paper's Dice mean little for such victims; "
+        + (
+            "train them longer (segmenter_training.steps) before drawing conclusions from Dice."
+            if len(memorised) < len(weak)
+            else "a memorised victim needs spatial augmentation (segmenter_training.rotate_deg, "
+            "scale_fraction, shift_voxels) or more training subjects, not more steps."
+        )
         + implications
         + (
             " For an audited model ('user', trained outside napari-invert): check first that the audit's "
