@@ -280,6 +280,34 @@ def test_no_warning_when_every_victim_segments(make_napari_viewer, control_study
     assert not any("DOES NOT SEGMENT" in d for _, d in conv)
 
 
+@needs_display
+def test_a_memorised_victim_is_named_in_the_tree_and_the_warning(
+    make_napari_viewer, control_study: Path
+) -> None:
+    """Judged on 5 unseen subjects (no better than the atlas) while fitting its training subjects:
+    the tree row shows the unseen Dice and "(memorised)", the warning says what that means."""
+    from napari_invert.study.unseen_test import TEST_FORMAT, attach_unseen_test, failure_mode, unseen_verdict
+    from napari_invert.widgets._study_widget import StudyWidget
+
+    _write_convergence(control_study, fold0_segments=True)  # validation says it segments
+    ids = ["U1", "U2", "U3", "U4", "U5"]
+    victim, atlas = [0.61, 0.62, 0.60, 0.61, 0.61], [0.6] * 5
+    verdict = unseen_verdict(victim, atlas, 0.3, 0.05)
+    block = {"format": TEST_FORMAT, "subjects": ids, "dice": victim, "baseline_dice": atlas, **verdict}
+    block.update(
+        mean_fitted_dice=0.8, failure=failure_mode(verdict["segments"], 0.8, verdict["mean_dice"], 0.05)
+    )
+    attach_unseen_test(StudyFolder(control_study).segmenter_convergence(VARIANT, 0, "unet"), block)
+    widget = StudyWidget(make_napari_viewer())
+    widget.open(control_study)
+    _, conv = _section(_tree_rows(widget.tree), "Convergence (2 networks)")
+    assert conv[0][1].endswith(
+        "unseen Dice 0.610 vs baseline 0.600 (5 subjects) — DOES NOT SEGMENT (memorised)"
+    ), conv[0][1]
+    assert not widget.victim_warning.isHidden()
+    assert "Memorised (fold 0 unet)" in widget.victim_warning.text()
+
+
 # -- issue 12 item 4: the user's own segmenter (audit config) --------------------------------
 def _write_audit_yaml(tmp_path: Path, trained_on: list[str]) -> Path:
     """A MONAI U-Net (seeded, weights as safetensors) and an audit config naming it."""

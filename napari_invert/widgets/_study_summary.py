@@ -152,7 +152,7 @@ def convergence_rows(rows: list[dict[str, Any]]) -> list[Row]:
                 f"({r.get('n_test')} subjects)"
             )
         if r.get("network") == "victim" and r.get("segments") is False:
-            detail += " — DOES NOT SEGMENT"
+            detail += " — DOES NOT SEGMENT" + (" (memorised)" if r.get("failure") == "memorised" else "")
         out.append((where, detail))
     return out
 
