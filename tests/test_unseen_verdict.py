@@ -71,7 +71,7 @@ def test_failure_mode_tells_memorised_from_learned_little() -> None:
 def test_score_on_unseen_scores_the_network_and_the_atlas() -> None:
     images, labels = cohort(4)
     model = tiny()
-    test = score_on_unseen(model, [labels[0]], images[:2], labels[:2], ["a", "b"], 0.3, 0.05, "cpu")
+    test = score_on_unseen(model, [labels[0]], images[:2], labels[:2], ["a", "b"], 0.3, 0.05)
     assert test["subjects"] == ["a", "b"] and test["n"] == 2
     # the atlas of one subject's labels scored on that same subject is perfect
     assert test["baseline_dice"][0] == pytest.approx(1.0)
@@ -85,7 +85,7 @@ def test_score_on_unseen_scores_the_network_and_the_atlas() -> None:
 
     # with its training images it is also scored on the subjects it trained on
     both = score_on_unseen(
-        model, labels[2:4], images[:2], labels[:2], ["a", "b"], 0.3, 0.05, "cpu", train_images=images[2:4]
+        model, labels[2:4], images[:2], labels[:2], ["a", "b"], 0.3, 0.05, train_images=images[2:4]
     )
     for img, lab, got in zip(images[2:4], labels[2:4], both["fitted_dice"]):
         assert got == pytest.approx(mean_dice(predict(model, img), lab, 3))

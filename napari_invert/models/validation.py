@@ -35,9 +35,13 @@ MIN_TRAIN_FOR_HOLDOUT = 2
 
 #: what a "victim does not segment" message adds about the conclusions (a victim that learned
 #: little, on its own training subjects too, or one whose training-subject Dice is unknown)
-VERDICT_IMPLICATIONS = (
+_FEATURE_INVERSION_HOLDS = (
     "Feature-inversion results still hold (that attack reads the encoder's outputs and works "
-    "on untrained networks too); membership inference (training-data leakage) and the utility "
+    "on untrained networks too)"
+)
+
+VERDICT_IMPLICATIONS = (
+    _FEATURE_INVERSION_HOLDS + "; membership inference (training-data leakage) and the utility "
     "(Dice) axis of the defences do not: a victim that does not segment has learned little "
     "to leak and has no utility to lose."
 )
@@ -45,8 +49,7 @@ VERDICT_IMPLICATIONS = (
 #: ... and what it adds instead when the victim fits the subjects it trained on clearly better
 #: than unseen ones (measured: such a U-Net on LPBA40 gave membership AUC 1.00)
 MEMORISED_IMPLICATIONS = (
-    "Feature-inversion results still hold (that attack reads the encoder's outputs and works "
-    "on untrained networks too). This victim fits the subjects it trained on clearly better than "
+    _FEATURE_INVERSION_HOLDS + ". This victim fits the subjects it trained on clearly better than "
     "unseen ones: it memorised them, which is exactly what membership inference exploits, so a "
     "membership result on it is real training-data leakage (expect it to be strong); the utility "
     "(Dice) axis of the defences means little, as the victim is of little use on new patients."

@@ -86,6 +86,20 @@ class DiceBaseline:
         return d
 
 
+def _original_dice(
+    dice_rows: Sequence[DiceRow], variant: str, arch: str, fold: int, role: str
+) -> list[float]:
+    """The fold's victim's Dice on the originals of ``role`` (``private``: trained on;
+    ``attack``: unseen), against the manual labels."""
+    return [
+        r.dice
+        for r in dice_rows
+        if (r.variant, r.arch, r.fold, r.role) == (variant, arch, fold, role)
+        and r.input == "original"
+        and r.reference == "manual"
+    ]
+
+
 def compute_baselines(
     results: StudyResults,
     dice_rows: Sequence[DiceRow],
@@ -111,22 +125,8 @@ def compute_baselines(
         victim, base, trained_on = [], [], []
         folds = sorted({r.fold for r in dice_rows if (r.variant, r.arch) == (variant, arch)})
         for fold in folds:
-            trained_on += [
-                r.dice
-                for r in dice_rows
-                if (r.variant, r.arch, r.fold) == (variant, arch, fold)
-                and r.input == "original"
-                and r.role == "private"
-                and r.reference == "manual"
-            ]
-            victim += [
-                r.dice
-                for r in dice_rows
-                if (r.variant, r.arch, r.fold) == (variant, arch, fold)
-                and r.input == "original"
-                and r.role == "attack"
-                and r.reference == "manual"
-            ]
+            trained_on += _original_dice(dice_rows, variant, arch, fold, "private")
+            victim += _original_dice(dice_rows, variant, arch, fold, "attack")
             if (variant, fold) not in per_fold:
                 train = [results.labels(variant, s) for s in splits[fold]["private"]]
                 test = [results.labels(variant, s) for s in splits[fold]["attack"]]

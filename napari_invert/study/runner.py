@@ -261,14 +261,13 @@ class StudyRunner:
         targets = [*private, *holdout]  # members, then non-members
         for arch in archs:
             model = self._train_segmenter(variant, fold, arch, private, prepared, device)
-            self._test_on_unseen(variant, fold, arch, model, private, attack, device)
+            self._test_on_unseen(variant, fold, arch, model, private, attack)
             for tap in self.config.attack.taps.get(arch, []):
                 self._attack(variant, fold, arch, tap, model, targets, attack, prepared, device)
             if self.config.membership.enabled and holdout:
                 # Members are the subjects the victim took gradient steps on; those it held out to
                 # judge convergence ("validated_on") are neither members nor non-members.
-                fitted = set(_fit_split(self._victim_train_config(fold), private)["fitted_on"])
-                members = [s for s in private if s.subject_id in fitted]
+                members = self._fitted_subjects(fold, private)
                 self._membership(variant, fold, arch, model, members, holdout, attack, device)
             if self.config.controls.untrained_victim:
                 control = self._untrained_segmenter(variant, fold, arch, prepared, device)
@@ -319,24 +318,29 @@ class StudyRunner:
         self._mark(key, seconds=round(seconds, 1), final_loss=final_loss)
         return model
 
-    def _test_on_unseen(self, variant: str, fold: Fold, arch: str, model, private, unseen, device) -> None:
+    def _test_on_unseen(
+        self, variant: str, fold: Fold, arch: str, model, private: list, unseen: list
+    ) -> None:
         """The victim's verdict on the fold's unseen subjects, stored in its convergence record
         (:func:`napari_invert.study.unseen_test.ensure_unseen_test`)."""
         from napari_invert.study.unseen_test import ensure_unseen_test
 
-        fitted = set(_fit_split(self._victim_train_config(fold), private)["fitted_on"])
         cfg = self.config.segmenter_training
         test = ensure_unseen_test(
             self.folder.segmenter_convergence(variant, fold.fold, arch),
             model,
-            [s for s in private if s.subject_id in fitted],
+            self._fitted_subjects(fold, private),
             unseen,
             cfg.min_validation_dice,
             cfg.min_dice_gain,
-            device,
         )
         if test is not None:
             log.info("%s fold %d %s victim: %s", variant, fold.fold, arch, test["reason"])
+
+    def _fitted_subjects(self, fold: Fold, private: list) -> list:
+        """The private subjects the fold's victim took gradient steps on (not its validation ones)."""
+        fitted = set(_fit_split(self._victim_train_config(fold), private)["fitted_on"])
+        return [s for s in private if s.subject_id in fitted]
 
     def _victim_train_config(self, fold: Fold):  # -> TrainConfig
         """The victim's training settings for ``fold`` (its seed differs per fold)."""

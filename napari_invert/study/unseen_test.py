@@ -123,18 +123,6 @@ def failure_mode(
     return "memorised" if fitted_dice - unseen_dice >= min_gain else "learned_little"
 
 
-def _mean_dice_of(
-    model: Any, images: Sequence[np.ndarray], labels: Sequence[np.ndarray], device: Any
-) -> list[float]:
-    """The victim's mean foreground Dice on each (image, label map) pair, in [0, 1]."""
-    from napari_invert.metrics.dice import mean_dice
-    from napari_invert.models.factory import predict_many
-
-    n_classes = int(model.n_classes)
-    preds = predict_many(model, images, device=device, batch_size=1)
-    return [float(mean_dice(p, np.asarray(ref), n_classes)) for p, ref in zip(preds, labels)]
-
-
 def score_on_unseen(
     model: Any,
     train_labels: Sequence[np.ndarray],
@@ -143,12 +131,12 @@ def score_on_unseen(
     test_ids: Sequence[str],
     min_dice: float,
     min_gain: float,
-    device: Any = None,
     train_images: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Score a trained victim on unseen subjects and judge it (:func:`unseen_verdict`).
 
-    ``model``: a :class:`~napari_invert.models.Segmenter` (its best checkpoint);
+    ``model``: a :class:`~napari_invert.models.Segmenter` (its best checkpoint; it runs where
+    its parameters are);
     ``train_labels``: the label maps ``(X, Y, Z)`` it took gradient steps on (the baseline's
     atlas); ``test_images`` / ``test_labels`` / ``test_ids``: the unseen subjects, images
     normalised like the training images; ``train_images`` (optional, same order as
@@ -159,17 +147,18 @@ def score_on_unseen(
     ``train_images``), ``mean_fitted_dice``, ``generalisation_gap`` (fitted minus unseen
     mean Dice) and ``failure``.
     """
+    from napari_invert.defences.measures import victim_dice
     from napari_invert.metrics.dice import majority_baseline_dice
 
     if not (len(test_images) == len(test_labels) == len(test_ids)):
         raise ValueError("score_on_unseen: images, labels and ids differ in number")
     if train_images is not None and len(train_images) != len(train_labels):
         raise ValueError("score_on_unseen: train_images and train_labels differ in number")
-    victim = _mean_dice_of(model, test_images, test_labels, device)
+    victim = victim_dice(model, test_images, test_labels)
     n_classes = int(model.n_classes)
     baseline = majority_baseline_dice([np.asarray(t) for t in train_labels], list(test_labels), n_classes)
     verdict = unseen_verdict(victim, baseline, min_dice, min_gain)
-    fitted = [] if train_images is None else _mean_dice_of(model, train_images, train_labels, device)
+    fitted = [] if train_images is None else victim_dice(model, train_images, train_labels)
     finite = [v for v in fitted if np.isfinite(v)]
     mean_fitted = float(np.mean(finite)) if finite else None
     unseen = verdict["mean_dice"]
@@ -221,7 +210,6 @@ def ensure_unseen_test(
     unseen: Sequence[Any],
     min_dice: float,
     min_gain: float,
-    device: Any = None,
 ) -> dict[str, Any] | None:
     """Test the victim on ``unseen`` subjects unless its convergence record already holds a
     current test. ``fitted`` / ``unseen``: objects with ``subject_id``, ``image`` and
@@ -246,7 +234,6 @@ def ensure_unseen_test(
         ids,
         min_dice,
         min_gain,
-        device,
         train_images=[s.image for s in fitted],
     )
     attach_unseen_test(path, test)

@@ -248,7 +248,8 @@ class CompareWidget(OverlayControls, QWidget):
         evaluated = "evaluated" if self._table is not None else "not evaluated (metrics computed on demand)"
         self.study_label.setText(f"Study '{name}': {len(study.subject_ids)} subjects, {evaluated}")
         self._update_deformation_reason()
-        self._fill_subjects(study)
+        done = {v: study.reconstructed_subjects(v) for v in study.variants}  # one scan of the folder
+        self._fill_subjects(study, set().union(*done.values()))
         with blocked(self.variant_combo):
             self.variant_combo.clear()
             self.variant_combo.addItems(study.variants)
@@ -256,12 +257,12 @@ class CompareWidget(OverlayControls, QWidget):
         self._fill_experiments()
         self._set_enabled(True)
         # a partial study (some folds not run yet): open on a subject that has reconstructions
-        done = study.reconstructed_subjects(self.variant_combo.currentText())
-        self.set_subject(next((i for i, s in enumerate(study.subject_ids) if s in done), 0))
+        shown = done.get(self.variant_combo.currentText(), set())
+        self.set_subject(next((i for i, s in enumerate(study.subject_ids) if s in shown), 0))
 
-    def _fill_subjects(self, study: StudyResults) -> None:
+    def _fill_subjects(self, study: StudyResults, done: set[str]) -> None:
+        """List every subject; ``done``: those with reconstructions (the others are marked)."""
         fold_of = {s: f.fold for f in folds_of(study) for s in f.private}
-        done = set().union(*(study.reconstructed_subjects(v) for v in study.variants))
         with blocked(self.subject_list):
             self.subject_list.clear()
             for sid in study.subject_ids:
