@@ -278,3 +278,23 @@ def test_cpu_speed_variants_train_the_same_network() -> None:
     assert all(v == pytest.approx(ref, rel=1e-5) for v in losses.values()), losses
     bf16 = _variant_step("channels_last_3d+bf16", "unet", seg, 3, [16, 16, 16], 2, seed=5)[0]()
     assert bf16 == pytest.approx(ref, rel=0.05)
+
+
+def test_registration_agreement_known_answers() -> None:
+    """The FireANTs-versus-ANTs figures on matrices whose agreement is known."""
+    import numpy as np
+
+    from napari_invert.bench.registration_agreement import agreement
+
+    ants = np.array([[1.0, 3.0, 2.0, 4.0], [2.5, 1.0, 3.0, 2.0], [3.0, 2.0, 0.5, 1.0]])
+    same = agreement(ants, 2.0 * ants + 1.0)  # a monotone rescaling ranks every row alike
+    assert same["pearson_mean_displacement"] == pytest.approx(1.0)
+    assert same["spearman_per_row_mean"] == pytest.approx(1.0)
+    assert same["true_rank_ants"] == [1, 1, 1] and same["top1_fireants"] == 1.0
+    assert same["true_rank_spearman"] is None  # every row ranked first: Spearman undefined
+    reversed_rows = agreement(ants, -ants, ("ants", "ants_reseeded"))
+    assert reversed_rows["spearman_per_row_min"] == pytest.approx(-1.0)
+    # the truth (column i of row i) ranks last among 4 in every reversed row
+    assert (
+        reversed_rows["true_rank_ants_reseeded"] == [4, 4, 4] and reversed_rows["top1_ants_reseeded"] == 0.0
+    )

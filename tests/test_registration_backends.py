@@ -133,3 +133,21 @@ def test_cuda_without_a_gpu_is_a_clear_error(volumes):
         pytest.skip("a CUDA device is present: the error path cannot occur")
     with pytest.raises(ConfigError, match="no CUDA device"):
         register_pair(volumes["fixed"], volumes["fixed"], SPACING, backend="fireants", device="cuda")
+
+
+def test_level_floor_lets_a_small_grid_keep_its_pyramid():
+    """FireANTs' 32-voxel floor on pyramid levels is lowered for the call and restored."""
+    import fireants.registration.affine as affine
+    import fireants.registration.greedy as greedy
+
+    from napari_invert.metrics.registration.fireants import level_floor
+
+    assert greedy.MIN_IMG_SIZE == affine.MIN_IMG_SIZE == 32
+    # the fast preset's 1/4 level of a 40x48x40 grid: 32^3 under FireANTs' floor, 10x12x10 here
+    with level_floor(8):
+        assert [max(int(n / 4), greedy.MIN_IMG_SIZE) for n in (40, 48, 40)] == [10, 12, 10]
+    assert greedy.MIN_IMG_SIZE == affine.MIN_IMG_SIZE == 32
+    with pytest.raises(RuntimeError), level_floor(8):
+        raise RuntimeError("a failed registration")
+    assert greedy.MIN_IMG_SIZE == 32
+    assert FireantsPreset("x", (1,), (1,), (1,), (1,)).as_dict()["min_level_voxels"] == 8  # in cache keys

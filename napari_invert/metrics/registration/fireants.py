@@ -10,7 +10,10 @@ The affine stage starts from the centre-of-mass translation (as ``antsRegistrati
 
 Presets mirror the ANTs ones: mutual-information affine (same shrink factors), then
 greedy CC (``fast`` stops the deformable stage at half resolution like ANTs' ``40x20x0``;
-CC window radius 2 -> 5 voxels, radius 4 -> 9 voxels). A CC affine was tried first and
+CC window radius 2 -> 5 voxels, radius 4 -> 9 voxels). Pyramid levels may shrink to 8 voxels
+per edge (:func:`level_floor`; FireANTs' own floor of 32 ran every level of a 4 mm brain
+near full resolution and ranked the true original first for 4 of 10 stand-ins against
+ANTs' 8; with the floor, 10 of 10: BENCHMARKS.md). A CC affine was tried first and
 rejected: on blurred reconstructions it settles on a 4-6 % enlargement (a blurred brain
 looks bigger under local CC), which the greedy stage then has to undo, so the true
 original no longer needs the smallest deformation (BENCHMARKS.md). FireANTs' MI is slow
@@ -39,7 +42,13 @@ from napari_invert.metrics.registration.common import (
     result_from_displacement,
 )
 
-__all__ = ["FIREANTS_PRESETS", "FireantsPreset", "register_pair_fireants", "resolve_fireants_preset"]
+__all__ = [
+    "FIREANTS_PRESETS",
+    "FireantsPreset",
+    "level_floor",
+    "register_pair_fireants",
+    "resolve_fireants_preset",
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,9 @@ class FireantsPreset:
     smooth_grad_sigma: float = 1.0
     #: affine start: translation between the foreground centres of mass
     init: str = "com_foreground"
+    #: smallest edge (voxels) of a pyramid level; FireANTs' own floor is 32, written for
+    #: 1 mm brains, which on a 4 mm grid (40x48x40) turned every level into ~32^3
+    min_level_voxels: int = 8
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a JSON-ready dict (used in cache keys)."""
@@ -107,6 +119,38 @@ def _quiet() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+#: FireANTs modules that size pyramid levels and warp fields with ``MIN_IMG_SIZE``.
+_LEVEL_SIZING_MODULES = (
+    "fireants.registration.affine",
+    "fireants.registration.greedy",
+    "fireants.registration.deformation.compositive",
+)
+
+
+@contextlib.contextmanager
+def level_floor(voxels: int) -> Iterator[None]:
+    """Let FireANTs shrink a pyramid level down to ``voxels`` per edge (restored on exit).
+
+    FireANTs sizes a level at scale ``s`` as ``max(int(n / s), MIN_IMG_SIZE)`` with
+    ``MIN_IMG_SIZE = 32``, a module constant each registration module imports by name. On a
+    40x48x40 grid that floor made the ``fast`` preset's levels at 1/4 and 1/2 resolution
+    both ~32^3 (and anisotropic: 48 -> 32, 40 -> 32), so the deformable field was optimised
+    near full resolution, not at half resolution like ANTs'. Not thread-safe: registrations
+    run one per worker process.
+    """
+    import importlib
+
+    modules = [importlib.import_module(name) for name in _LEVEL_SIZING_MODULES]
+    saved = [m.MIN_IMG_SIZE for m in modules]
+    for m in modules:
+        m.MIN_IMG_SIZE = int(voxels)
+    try:
+        yield
+    finally:
+        for m, value in zip(modules, saved):
+            m.MIN_IMG_SIZE = value
 
 
 def import_fireants() -> None:
@@ -190,7 +234,7 @@ def register_pair_fireants(
 
     dev = fireants_device(device)
     t0 = time.perf_counter()
-    with _quiet():
+    with _quiet(), level_floor(pre.min_level_voxels):
         fb = BatchedImages([_image(fixed, sp, dev)])
         mb = BatchedImages([_image(moving, sp, dev)])
         init = torch.eye(3, 4, dtype=torch.float32)[None]
