@@ -298,3 +298,29 @@ def test_registration_agreement_known_answers() -> None:
     assert (
         reversed_rows["true_rank_ants_reseeded"] == [4, 4, 4] and reversed_rows["top1_ants_reseeded"] == 0.0
     )
+
+
+def test_registration_agreement_on_a_study_s_reconstructions(study_dir: Path, tmp_path: Path) -> None:
+    """``--study``: the attack's reconstructions as rows, their own originals first among the candidates."""
+    import numpy as np
+
+    from napari_invert.bench.registration_agreement import main, study_block
+    from napari_invert.study.results import Experiment, StudyResults
+
+    block = study_block(study_dir, "unet/bottleneck+skips", rows=2, candidates=3)
+    assert block["row_ids"] == ["S01", "S02"] and block["candidate_ids"] == ["S01", "S02", "S03"]
+    study = StudyResults(study_dir)
+    recon = study.recon(Experiment("skull_stripped", "unet", "bottleneck+skips"), "S02")
+    np.testing.assert_array_equal(block["moving"][1], recon)
+    np.testing.assert_array_equal(block["images"][2], study.original("skull_stripped", "S03"))
+    with pytest.raises(ValueError, match="unet/bottleneck\\+skips"):  # names what the study has
+        study_block(study_dir, "unet/encoder", 2, 3)
+    with pytest.raises(ValueError, match="3 subjects"):
+        study_block(study_dir, None, 2, 5)
+    out = tmp_path / "agreement"
+    assert main(["--out", str(out), "--study", str(study_dir), "--rows", "2", "--candidates", "3",
+                 "--backend", "ants"]) == 0  # fmt: skip
+    doc = json.loads((out / "agreement.json").read_text())
+    assert doc["row_ids"] == ["S01", "S02"] and doc["spacing_mm"] == [2.0, 2.0, 2.0]
+    ants = np.asarray(doc["matrices"]["ants"])
+    assert ants.shape == (2, 3) and np.isfinite(ants).all() and (ants >= 0).all()

@@ -20,6 +20,9 @@ candidate rankings (mean and minimum over rows); each backend's re-identificatio
 the true original per row and the Spearman correlation of those ranks (undefined, ``null``,
 when a backend gives every row the same rank); seconds per pair of each backend.
 
+``--study DIR [--experiment ARCH/TAP]``: the attack's own reconstructions of a study folder
+instead of stand-ins (:func:`study_block`), on the study's grid and masks.
+
 The control (``ants_reseeded``): ANTs run a second time on the same pairs with another MI
 sampling seed (``--control-seed``), and the same figures for ANTs against itself. ANTs'
 affine stage samples 20 % of the voxels at random, so the reference does not agree with
@@ -37,7 +40,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["agreement", "main", "stand_ins"]
+from napari_invert._io import write_json_atomic
+
+__all__ = ["agreement", "main", "stand_ins", "study_block"]
 
 
 def _prepared(n: int, cache: Path) -> tuple[list[np.ndarray], list[np.ndarray], float]:
@@ -59,6 +64,47 @@ def _prepared(n: int, cache: Path) -> tuple[list[np.ndarray], list[np.ndarray], 
     images = [np.asarray(s.image, dtype=np.float32) for s in prepared.subjects]
     masks = [np.asarray(s.mask, dtype=bool) for s in prepared.subjects]
     return images, masks, float(cfg.preprocess.voxel_mm or 1.0)
+
+
+def study_block(root: str | Path, experiment: str | None, rows: int, candidates: int) -> dict[str, Any]:
+    """Real reconstructions instead of stand-ins: the first ``rows`` reconstructed subjects of one
+    experiment of a study folder, and ``candidates`` originals of the same variant, the rows'
+    own originals first (so the true original of row ``i`` is column ``i``).
+
+    ``experiment``: ``ARCH/TAP`` (e.g. ``unet/bottleneck+skips``; ``unet@untrained/bottleneck``
+    for the control victim); default, the first trained victim's first tap. Returns ``images``,
+    ``masks``, ``moving`` (lists of ``(X, Y, Z)`` arrays), ``spacing`` (mm), ``row_ids``,
+    ``candidate_ids`` and ``experiment`` (its label). Raises ValueError naming the experiments
+    when ``experiment`` is not in the study, or when the study has fewer subjects than asked.
+    """
+    from napari_invert.study.results import StudyResults
+
+    study = StudyResults(root)
+    experiments = study.experiments()
+    if experiment is None:
+        chosen = next((e for e in experiments if "@" not in e.arch), None)
+    else:
+        chosen = next((e for e in experiments if f"{e.arch}/{e.tap}" == experiment), None)
+    if chosen is None:
+        names = ", ".join(f"{e.arch}/{e.tap}" for e in experiments) or "none"
+        raise ValueError(f"{root}: no experiment {experiment or '(trained victim)'}; it has: {names}")
+    done = [s for s in study.subject_ids if study.has_recon(chosen, s)]
+    if len(done) < rows or len(study.subject_ids) < candidates:
+        raise ValueError(
+            f"{root}: asked for {rows} reconstructions among {candidates} candidates; "
+            f"{chosen.label} has {len(done)} reconstructions and the study {len(study.subject_ids)} subjects"
+        )
+    row_ids = done[:rows]
+    candidate_ids = (row_ids + [s for s in study.subject_ids if s not in row_ids])[:candidates]
+    return {
+        "images": [study.original(chosen.variant, s) for s in candidate_ids],
+        "masks": [study.mask(chosen.variant, s) for s in candidate_ids],
+        "moving": [study.recon(chosen, s) for s in row_ids],
+        "spacing": tuple(float(x) for x in study.spacing),
+        "row_ids": row_ids,
+        "candidate_ids": candidate_ids,
+        "experiment": chosen.label,
+    }
 
 
 def stand_ins(images: list[np.ndarray], sigma: float, noise: float, seed: int = 0) -> list[np.ndarray]:
@@ -117,18 +163,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--control-seed", type=int, default=1, help="ANTs' MI seed of the control run")
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--study", type=Path, default=None, help="use this study folder's reconstructions")
+    p.add_argument(
+        "--experiment", default=None, help="with --study: ARCH/TAP (default: the first trained one)"
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    images, masks, voxel = _prepared(args.first + args.candidates, args.out / "prepared")
-    images, masks = images[args.first :], masks[args.first :]
-    moving = stand_ins(images[: args.rows], args.sigma, args.noise)
+    source: dict[str, Any]
+    if args.study is not None:
+        block = study_block(args.study, args.experiment, args.rows, args.candidates)
+        images, masks, moving, spacing = block["images"], block["masks"], block["moving"], block["spacing"]
+        source = {k: block[k] for k in ("experiment", "row_ids", "candidate_ids")} | {
+            "study": str(args.study)
+        }
+    else:
+        images, masks, voxel = _prepared(args.first + args.candidates, args.out / "prepared")
+        images, masks = images[args.first :], masks[args.first :]
+        moving = stand_ins(images[: args.rows], args.sigma, args.noise)
+        spacing = (voxel,) * 3
+        source = {
+            "first_subject": args.first,
+            "stand_in": {"sigma_voxels": args.sigma, "noise_sd": args.noise},
+        }
     pairs = [(i, j) for i in range(args.rows) for j in range(args.candidates)]
     matrices: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     for backend in [args.backend] if args.backend else ["ants", "fireants", "ants_reseeded"]:
         t0 = time.perf_counter()
         values = deformation_matrix(
-            images, moving, pairs, spacing=(voxel,) * 3, preset="fast", masks=masks,
+            images, moving, pairs, spacing=spacing, preset="fast", masks=masks,
             workers=args.workers, cache_dir=args.out / "cache", progress=True,
             backend="ants" if backend == "ants_reseeded" else backend,
             seed=args.control_seed if backend == "ants_reseeded" else 0,
@@ -150,10 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "rows": args.rows,
         "candidates": args.candidates,
-        "first_subject": args.first,
+        **source,
         "shape": list(images[0].shape),
-        "voxel_mm": voxel,
-        "stand_in": {"sigma_voxels": args.sigma, "noise_sd": args.noise},
+        "spacing_mm": list(spacing),
         "seconds_per_pair_median": {b: float(np.median(v)) for b, v in per_pair.items() if v},
         "matrices": {b: m.tolist() for b, m in matrices.items()},
     }
@@ -163,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["control_ants_reseeded"] = agreement(
             matrices["ants"], matrices["ants_reseeded"], ("ants", "ants_reseeded")
         )
-    (args.out / "agreement.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    write_json_atomic(args.out / "agreement.json", doc)
     print(json.dumps({k: v for k, v in doc.items() if k != "matrices"}, indent=1))
     return 0
 
