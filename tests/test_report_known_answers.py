@@ -198,6 +198,36 @@ def test_barely_segments_warning_threshold() -> None:
     assert good.failure is None
 
 
+def test_pooled_and_per_fold_warnings_about_one_victim_make_one_banner() -> None:
+    from napari_invert.report.dice_baseline import DiceBaseline, victim_warnings
+
+    good = DiceBaseline("skull_stripped", "unet", 0.70, 0.35, 0.05, 10)
+    bad = DiceBaseline("skull_stripped", "segnet", 0.37, 0.35, 0.05, 10)
+    per_fold = {
+        "ok": False,
+        "failing": [{"variant": "skull_stripped", "fold": 2, "arch": "segnet"}],
+        "message": "WARNING: 1 of 8 victim segmenters do not segment (...):\n"
+        "  - skull_stripped fold 2 segnet: Dice 0.61 vs baseline 0.60",
+    }
+    # the same victim fails both checks: one banner, the per-fold one, with the pooled figures
+    (text,) = victim_warnings([good, bad], per_fold)
+    assert text.startswith("1 of 8 victim segmenters do not segment")
+    assert text.endswith("SegNet (skull_stripped) 0.37 vs 0.35.") and "Folds pooled" in text
+    # another victim fails per fold: the two banners name different victims, both are shown
+    other = {**per_fold, "failing": [{"variant": "skull_stripped", "fold": 2, "arch": "unet"}]}
+    both = victim_warnings([good, bad], other)
+    assert len(both) == 2 and "barely segments" in both[1] and "Folds pooled" not in both[0]
+    # only one check fails: its banner alone
+    assert victim_warnings([good, bad], {"ok": True, "failing": [], "message": ""})[0].startswith(
+        "The victim barely segments"
+    )
+    assert victim_warnings([good], per_fold) == [
+        "1 of 8 victim segmenters do not segment (...):\n"
+        "- skull_stripped fold 2 segnet: Dice 0.61 vs baseline 0.60"
+    ]
+    assert victim_warnings([good], {"ok": True, "failing": [], "message": ""}) == []
+
+
 def test_untrained_victims_raise_the_banner_and_dice_figure_fits_the_page(tmp_path: Path) -> None:
     pytest.importorskip("napari_invert.models")
     root = tiny_study(

@@ -29,7 +29,13 @@ from napari_invert.threat_models import ARCH_NAMES
 if TYPE_CHECKING:
     from napari_invert.report.dice import DiceRow
 
-__all__ = ["BARELY_SEGMENTS_MARGIN", "DiceBaseline", "barely_segments_warnings", "compute_baselines"]
+__all__ = [
+    "BARELY_SEGMENTS_MARGIN",
+    "DiceBaseline",
+    "barely_segments_warnings",
+    "compute_baselines",
+    "victim_warnings",
+]
 
 #: Warn when a victim's mean Dice on unseen subjects exceeds the trivial predictor's by
 #: less than this (absolute Dice). The default of ``segmenter_training.min_dice_gain``, the
@@ -188,3 +194,34 @@ def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
             else ""
         )
     ]
+
+
+def victim_warnings(baselines: Sequence[DiceBaseline], convergence: dict[str, Any]) -> list[str]:
+    """The report's banners about victims that do not segment: one per concern, not two.
+
+    ``convergence`` is :func:`napari_invert.study.convergence.victim_segmentation_check` (per
+    fold, from the study's own records). When every victim that barely segments with the folds
+    pooled (:func:`barely_segments_warnings`) also fails that per-fold check, the pooled figures
+    become one line of the per-fold banner; otherwise each banner names different victims and
+    both are returned (per-fold first).
+    """
+    from napari_invert.threat_models import ArchKey
+
+    out: list[str] = []
+    if not convergence.get("ok", True):
+        lines = [line.strip() for line in convergence["message"].splitlines() if line.strip()]
+        lines[0] = lines[0].removeprefix("WARNING: ")  # the report adds its own "Warning."
+        out.append("\n".join(lines))
+    pooled = barely_segments_warnings(baselines)
+    if not pooled:
+        return out
+    weak = [b for b in baselines if b.barely_segments and not ArchKey.parse(b.arch).is_control]
+    failing = {(r["variant"], r["arch"]) for r in convergence.get("failing", [])}
+    if out and all((b.variant, b.arch) in failing for b in weak):
+        which = "; ".join(
+            f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
+            for b in weak
+        )
+        out[0] += f"\nFolds pooled (Dice on the unseen originals vs the trivial predictor): {which}."
+        return out
+    return out + pooled

@@ -56,7 +56,7 @@ from napari_invert.errors import ConfigError, DataError
 from napari_invert.report.deformation import deformation_settings, run_deformation
 from napari_invert.report.deformation import sample_columns as _sample_columns  # noqa: F401
 from napari_invert.report.dice import DiceRow, compute_dice, dice_order, dice_table, write_dice_csv
-from napari_invert.report.dice_baseline import barely_segments_warnings, compute_baselines
+from napari_invert.report.dice_baseline import compute_baselines, victim_warnings
 from napari_invert.report.matrices import (
     FOREGROUND_THRESHOLD,
     REGIONS,
@@ -415,14 +415,10 @@ def evaluate_study(
                 results.cohort.get("n_classes"),
                 min_gain=config.segmenter_training.min_dice_gain,
             )
-            warnings += barely_segments_warnings(baselines)
     from napari_invert.study.convergence import victim_segmentation_check
 
-    convergence = victim_segmentation_check(folder)  # the victims' own validation records
-    if not convergence["ok"]:
-        lines = [line.strip() for line in convergence["message"].splitlines() if line.strip()]
-        lines[0] = lines[0].removeprefix("WARNING: ")  # the report adds its own "Warning."
-        warnings.append("\n".join(lines))
+    # per fold (the victims' own records) and folds pooled (above): one banner where they agree
+    warnings += victim_warnings(baselines, victim_segmentation_check(folder))
 
     # -- native grid ------------------------------------------------------------------------------
     native = None
