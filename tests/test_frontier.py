@@ -109,6 +109,48 @@ def test_rerun_skips_finished_experiments(defended_study: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in paths} == before
 
 
+def test_a_result_of_another_format_is_refused_by_name_and_measured_again(
+    defended_study: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    from napari_invert.defences.frontier import collect_points
+    from napari_invert.defences.result import RESULT_FORMAT_VERSION
+    from napari_invert.errors import DataError
+
+    study = tmp_path / "study"
+    shutil.copytree(defended_study, study)
+    folder = StudyFolder(study)
+    path = folder.defended_result("skull_stripped", 0, "unet", "expose_less-1")
+    doc = read_json(path)
+    assert doc["format_version"] == RESULT_FORMAT_VERSION == 1
+    networks = {p: p.stat().st_mtime_ns for p in path.parent.rglob("*.safetensors")}
+    assert len(networks) >= 2  # the defended victim and the attacker's decoder
+
+    path.write_text(json.dumps({**doc, "format_version": 99}))
+    with pytest.raises(DataError, match="format version 99") as err:
+        collect_points([study])
+    assert err.value.path == path
+    partial = {k: v for k, v in doc.items() if k != "utility"}
+    path.write_text(json.dumps(partial))
+    with pytest.raises(DataError, match="no utility"):
+        collect_points([study])
+    # a file from before the version key counts as version 1
+    path.write_text(json.dumps({k: v for k, v in doc.items() if k != "format_version"}))
+    assert len(collect_points([study])) == 4
+
+    # rerunning measures the refused experiment again, from the networks it already trained
+    path.write_text(json.dumps({**doc, "format_version": 99}))
+    others = {p: p.stat().st_mtime_ns for p in folder.defended_results() if p != path}
+    config = parse_config(with_cohort(TINY, defended_study.parent / "cohort"))
+    run_defended_study(config, study, folds=[0], progress=False)
+    again = read_json(path)
+    assert again["format_version"] == 1 and again["utility"]["dice"] == doc["utility"]["dice"]
+    assert {p: p.stat().st_mtime_ns for p in path.parent.rglob("*.safetensors")} == networks
+    assert {p: p.stat().st_mtime_ns for p in others} == others
+
+
 def test_frontier_cli_writes_table_figure_and_verdict(defended_study: Path, tmp_path: Path, capsys) -> None:
     from napari_invert.cli import main
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_invert._io import read_json
+from napari_invert.defences.result import read_result
 from napari_invert.errors import DataError
 from napari_invert.identify import intervals
 from napari_invert.identify.paired import paired_difference_interval
@@ -193,7 +193,7 @@ def _results_of(study: Path) -> list[dict[str, Any]]:
     paths = folder.defended_results()
     if not paths:
         raise DataError(folder.defences_dir, "no defended experiments (result.json) found; run them first")
-    return [read_json(p) for p in paths]
+    return [read_result(p) for p in paths]
 
 
 def collect_points(studies: Sequence[str | Path]) -> list[FrontierPoint]:

@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_invert._io import read_json, write_json_atomic
+from napari_invert._io import write_json_atomic
 from napari_invert._threads import restores_threads
 from napari_invert.config import StudyConfig
+from napari_invert.defences.result import RESULT_FORMAT_VERSION, read_result
 from napari_invert.defences.spec import REFERENCE, DefenceSpec, expand_defences
+from napari_invert.errors import DataError
 from napari_invert.study.layout import StudyFolder
 from napari_invert.study.selection import select_victims
 
@@ -279,7 +281,11 @@ def run_defended_experiment(
     k = int(fold["fold"])
     result_path = folder.defended_result(variant, k, arch, spec.slug)
     if result_path.is_file():
-        return result_path
+        try:
+            read_result(result_path)
+            return result_path
+        except DataError as exc:  # another format or damaged: measure again, reusing the networks
+            log.warning("%s; measuring it again", exc)
     t0 = time.perf_counter()
     members = list(fold["private"])
     attackers = list(fold["attack"])
@@ -379,6 +385,7 @@ def run_defended_experiment(
     else:
         mia = dict(hooked)
     result = {
+        "format_version": RESULT_FORMAT_VERSION,
         "variant": variant,
         "fold": k,
         "arch": arch,
@@ -408,8 +415,3 @@ def run_defended_experiment(
     write_json_atomic(result_path, result)
     log.info("defended %s %s fold %d %s@%s done", variant, arch, k, arch, spec.slug)
     return result_path
-
-
-def read_result(path: str | Path) -> dict[str, Any]:
-    """The ``result.json`` of one defended experiment."""
-    return read_json(Path(path))
