@@ -198,6 +198,18 @@ def test_barely_segments_warning_threshold() -> None:
     assert good.failure is None
 
 
+def test_a_defended_result_of_another_format_skips_the_frontier_not_the_report(tmp_path: Path) -> None:
+    from napari_invert.study.layout import StudyFolder
+
+    root = tiny_study(tmp_path, {("unet", "bottleneck+skips"): (0.0, 0.0)}, variants=("full_head",))
+    bad = StudyFolder(root).defended_result("full_head", 0, "unet", "none")
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps({"format_version": 99, "variant": "full_head", "fold": 0}))
+    summary = evaluate_study(root, metrics=["correlation"], progress=False, figures=False)
+    assert str(bad) in summary.skipped["frontier"] and "format version 99" in summary.skipped["frontier"]
+    assert (root / "evaluation" / "report.html").is_file()
+
+
 def test_pooled_and_per_fold_warnings_about_one_victim_make_one_banner() -> None:
     from napari_invert.report.dice_baseline import DiceBaseline, victim_warnings
 

@@ -467,8 +467,13 @@ def evaluate_study(
     if folder.defended_results():  # defended victims (napari-invert defend): the frontier
         from napari_invert.report.frontier import write_frontier
 
-        frontier = write_frontier([folder.root])
-        verdicts += frontier["verdict"]
+        try:
+            frontier = write_frontier([folder.root])
+        except DataError as exc:  # e.g. a result.json of another format: the rest of the report stands
+            skipped["frontier"] = f"defence frontier not written: {exc}"
+            log(skipped["frontier"])
+        else:
+            verdicts += frontier["verdict"]
     n_candidates = max((len(v.candidate_ids) for v in variants.values()), default=0)
     summary = EvaluationSummary(
         study_dir=folder.root,
