@@ -148,17 +148,27 @@ def compute_baselines(
     return out
 
 
+def _weak(baselines: Sequence[DiceBaseline]) -> list[DiceBaseline]:
+    """Victims that barely segment; the untrained-victim control is not meant to segment and
+    is not a victim to warn about."""
+    from napari_invert.threat_models import ArchKey
+
+    return [b for b in baselines if b.barely_segments and not ArchKey.parse(b.arch).is_control]
+
+
+def _dice_vs_trivial(b: DiceBaseline) -> str:
+    """E.g. ``SegNet (skull_stripped) 0.37 vs 0.35``: unseen-subject Dice, victim vs trivial predictor."""
+    return f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
+
+
 def barely_segments_warnings(baselines: Sequence[DiceBaseline]) -> list[str]:
     """One banner (or none) naming every victim whose unseen-subject Dice is close to the
     trivial predictor's (within each one's ``min_gain``)."""
-    from napari_invert.threat_models import ArchKey
-
-    # the untrained-victim control is not meant to segment: it is not a victim to warn about
-    weak = [b for b in baselines if b.barely_segments and not ArchKey.parse(b.arch).is_control]
+    weak = _weak(baselines)
     if not weak:
         return []
     which = "; ".join(
-        f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
+        _dice_vs_trivial(b)
         + (
             f" (memorised: {b.victim_trained_on:.2f} on its training subjects)"
             if b.failure == "memorised"
@@ -205,8 +215,6 @@ def victim_warnings(baselines: Sequence[DiceBaseline], convergence: dict[str, An
     become one line of the per-fold banner; otherwise each banner names different victims and
     both are returned (per-fold first).
     """
-    from napari_invert.threat_models import ArchKey
-
     out: list[str] = []
     if not convergence.get("ok", True):
         lines = [line.strip() for line in convergence["message"].splitlines() if line.strip()]
@@ -215,13 +223,10 @@ def victim_warnings(baselines: Sequence[DiceBaseline], convergence: dict[str, An
     pooled = barely_segments_warnings(baselines)
     if not pooled:
         return out
-    weak = [b for b in baselines if b.barely_segments and not ArchKey.parse(b.arch).is_control]
+    weak = _weak(baselines)
     failing = {(r["variant"], r["arch"]) for r in convergence.get("failing", [])}
     if out and all((b.variant, b.arch) in failing for b in weak):
-        which = "; ".join(
-            f"{_ARCH.get(b.arch, b.arch)} ({b.variant}) {b.victim_unseen:.2f} vs {b.baseline_unseen:.2f}"
-            for b in weak
-        )
+        which = "; ".join(_dice_vs_trivial(b) for b in weak)
         out[0] += f"\nFolds pooled (Dice on the unseen originals vs the trivial predictor): {which}."
         return out
     return out + pooled
