@@ -168,12 +168,50 @@ def test_frontier_cli_writes_table_figure_and_verdict(defended_study: Path, tmp_
         assert "[" in r["training-data leakage: MIA AUC [95% CI]"]
         assert r["chance top-1"] == f"{1 / 8:.3f}"
         assert "[" in r["feature inversion: member - non-member gain [95% CI]"]
+        trivial = r["majority-label map Dice (same subjects)"]
+        assert 0.0 <= float(trivial.split()[0]) <= 1.0  # the same map for every point of the group
+        assert trivial.split()[0] == rows[0]["majority-label map Dice (same subjects)"].split()[0]
     doc = read_json(out / "frontier.json")
     assert len(doc["points"]) == 4 and doc["verdict"]
     md = (out / "frontier.md").read_text()
     assert "**Verdict.**" in md and "| undefended |" in md
     assert (out / "frontier_study_skull_stripped_unet.png").stat().st_size > 10_000
     assert "<h2" in (out / "frontier.html").read_text()
+
+
+def test_frontier_labels_do_not_overlap_where_points_crowd(tmp_path: Path) -> None:
+    """Six labels on nearly the same spot (the undefended corner) and one apart: no two drawn
+    text boxes overlap, and the lone point keeps its label beside it, without a leader line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from napari_invert.report.frontier import place_labels
+
+    fig = Figure(figsize=(4, 3), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    crowd = [(f"{s:g}", 1.0, 0.70 - 0.002 * i) for i, s in enumerate([0.5, 1, 2, 4, 8, 16])]
+    alone = ("3", 0.3, 0.2)
+    for _, x, y in [*crowd, alone]:
+        ax.plot([x], [y], "o")
+    ax.set_xlim(0.0, 1.2)
+    ax.set_ylim(0.0, 0.8)
+    place_labels(ax, [*crowd, alone])
+    fig.canvas.draw()
+    texts = {t.get_text(): t for t in ax.texts}
+    assert set(texts) == {"0.5", "1", "2", "4", "8", "16", "3"}
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    boxes = {}
+    for k, t in texts.items():  # the text alone, not its leader line
+        t.update_positions(renderer)
+        boxes[k] = Text.get_window_extent(t, renderer)
+    for a in boxes:
+        for b in boxes:
+            assert a == b or not boxes[a].overlaps(boxes[b]), (a, b)
+    assert texts["3"].arrow_patch is None and texts["3"].get_position() == (4.0, 4.0)
+    assert any(t.arrow_patch is not None for k, t in texts.items() if k != "3")  # the crowd spreads out
 
 
 # -- the verdict on hand-made points ------------------------------------------------------------------
@@ -205,6 +243,51 @@ def test_verdict_says_which_defence_reaches_chance_within_the_dice_budget() -> N
     assert "nothing to fix" in line
     [line] = verdict([_pt("none", 0.05, 0.0, hits=10), _pt("noise-1", 0.05, 0.0, hits=0)])
     assert "barely segments" in line
+
+
+def test_verdict_says_when_a_point_segments_worse_than_the_majority_label_map() -> None:
+    trivial = Estimate(0.62, 0.61, 0.63, 10)
+    ref = _pt("none", 0.70, 0.0, hits=10)
+    costly = _pt("expose_less-3", 0.52, 0.18, hits=1)
+    for p in (ref, costly):
+        p.trivial_dice = trivial
+    assert costly.below_trivial and not ref.below_trivial
+    [line] = verdict([ref, costly])
+    assert "cheapest defence that reaches chance is expose_less-3" in line
+    assert "Its Dice, 0.520, is below the 0.620 of a segmenter that ignores the image" in line
+    # the reference itself below the map: Dice costs say little
+    weak = _pt("none", 0.60, 0.0, hits=10)
+    weak.trivial_dice = trivial
+    [line] = verdict([weak, costly])
+    assert "segments no better than a map that ignores the image (Dice 0.600 vs 0.620" in line
+    # no label maps: nothing claimed
+    assert not _pt("noise-1", 0.1, 0.6, hits=0).below_trivial
+
+
+def test_frontier_points_carry_the_majority_label_map_dice_on_the_same_subjects(defended_study: Path) -> None:
+    """Known answer: the majority label of the fold's members at each voxel, scored on its held-out
+    subjects, computed here from the study's label files."""
+    import nibabel as nib
+    import numpy as np
+
+    from napari_invert.defences.frontier import collect_points
+    from napari_invert.metrics.dice import majority_label_map, mean_dice
+
+    folder = StudyFolder(defended_study)
+    fold = folder.read_splits()["folds"][0]
+    n = folder.read_cohort()["n_classes"]
+
+    def labels(sid: str) -> np.ndarray:
+        return np.asarray(nib.load(folder.labels("skull_stripped", sid)).dataobj, dtype=np.int64)
+
+    atlas = majority_label_map([labels(s) for s in fold["private"]], n)
+    expected = np.mean([mean_dice(atlas, labels(s), n) for s in fold["holdout"]])
+    points = collect_points([defended_study])
+    assert len(points) == 4
+    for p in points:
+        assert p.trivial_dice.value == pytest.approx(expected, abs=1e-12)
+        assert p.trivial_dice.n == len(fold["holdout"])
+        assert p.below_trivial == (p.dice.value < expected)
 
 
 # -- the frontier's intervals come from napari_invert.identify (known answers) -----------------------

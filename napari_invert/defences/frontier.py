@@ -14,7 +14,11 @@ or more study folders over folds, per (study, variant, architecture, defence):
 * ``member_gap`` (feature inversion, only with held-out subjects): member minus non-member
   SSIM gain (:func:`~napari_invert.identify.intervals.difference_interval`);
 * ``mia_auc`` (training-data leakage): membership-inference ROC AUC, averaged over folds,
-  stratified bootstrap interval (0.5 = chance).
+  stratified bootstrap interval (0.5 = chance);
+* ``trivial_dice`` (the utility's control): the Dice of a segmenter that ignores the image,
+  the majority label of each fold's members' labels at every voxel
+  (:func:`~napari_invert.metrics.majority_baseline_dice`), on the same unseen subjects as
+  ``dice``. A defended victim below it segments worse than that map.
 
 Every interval comes from :mod:`napari_invert.identify.intervals` / :mod:`~napari_invert.identify.paired`
 (one implementation of the bootstrap in the package); this module only pools and labels.
@@ -170,6 +174,12 @@ class FrontierPoint:
     epsilon: float | None = None
     delta: float | None = None
     front: dict[str, bool] = field(default_factory=dict)
+    trivial_dice: Estimate = field(default_factory=lambda: _nan())
+
+    @property
+    def below_trivial(self) -> bool:
+        """Mean Dice below the majority-label map's on the same subjects (False when unknown)."""
+        return math.isfinite(self.trivial_dice.value) and self.dice.value < self.trivial_dice.value
 
     @property
     def is_reference(self) -> bool:
@@ -204,10 +214,13 @@ def collect_points(studies: Sequence[str | Path]) -> list[FrontierPoint]:
         for r in _results_of(Path(study)):
             grouped[(r["variant"], r["arch"], r["defence"]["slug"])].append(r)
         name = Path(study).name
+        trivial = _TrivialDice(Path(study))
         for (variant, arch, slug), rows in sorted(grouped.items()):
             rows = sorted(rows, key=lambda r: r["fold"])
             ref = {r["fold"]: r for r in grouped.get((variant, arch, "none"), [])}
-            points.append(_point(name, variant, arch, slug, rows, ref))
+            point = _point(name, variant, arch, slug, rows, ref)
+            point.trivial_dice = bootstrap_mean([v for r in rows for v in trivial(variant, r)])
+            points.append(point)
     for key in {p.group for p in points}:
         group = [p for p in points if p.group == key]
         for attr, _, _ in MEASURES:
@@ -216,6 +229,34 @@ def collect_points(studies: Sequence[str | Path]) -> list[FrontierPoint]:
             for p, on in zip(group, pareto_front(util, leak)):
                 p.front[attr] = bool(on)
     return points
+
+
+class _TrivialDice:
+    """Per-subject Dice of the majority-label map of a fold's members, on that fold's utility
+    subjects; read from the study's label maps and cached per (variant, members, subjects)."""
+
+    def __init__(self, study: Path) -> None:
+        self.study = study
+        self.cache: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[float]] = {}
+
+    def __call__(self, variant: str, result: dict[str, Any]) -> list[float]:
+        """One value per utility subject of ``result`` (empty when a label map is missing)."""
+        from napari_invert.metrics import majority_baseline_dice
+        from napari_invert.study.results import StudyResults
+
+        members = tuple(result.get("training_data_leakage", {}).get("members", []))
+        subjects = tuple(result["utility"]["subjects"])
+        key = (variant, members, subjects)
+        if key not in self.cache:
+            results = StudyResults(self.study)
+            train = [results.labels(variant, s) for s in members]
+            test = [results.labels(variant, s) for s in subjects]
+            if not train or not test or any(x is None for x in [*train, *test]):
+                self.cache[key] = []
+            else:
+                n = results.cohort.get("n_classes") or int(max(int(a.max()) for a in [*train, *test])) + 1
+                self.cache[key] = [float(v) for v in majority_baseline_dice(train, test, int(n))]
+        return self.cache[key]
 
 
 def _point(
@@ -302,6 +343,12 @@ def verdict(points: Sequence[FrontierPoint], max_cost: float = MAX_DICE_COST) ->
                 f" Caution: the undefended victim barely segments (Dice {ref.dice.value:.3f} < "
                 f"{LOW_UTILITY}), so Dice costs say little; train it longer."
             )
+        elif ref.below_trivial:
+            caveat = (
+                f" Caution: the undefended victim segments no better than a map that ignores the image "
+                f"(Dice {ref.dice.value:.3f} vs {ref.trivial_dice.value:.3f} for the members' majority "
+                "label at each voxel), so Dice costs say little; train it longer."
+            )
         if ref.reid_at_chance:
             lines.append(
                 f"{name}: nothing to fix — the undefended victim's re-identification is already not "
@@ -334,6 +381,11 @@ def verdict(points: Sequence[FrontierPoint], max_cost: float = MAX_DICE_COST) ->
                     f" The cheapest defence that reaches chance is {best.label}, at a Dice cost of "
                     f"{best.dice_cost.value:+.3f}."
                 )
+                if best.below_trivial:
+                    extra += (
+                        f" Its Dice, {best.dice.value:.3f}, is below the {best.trivial_dice.value:.3f} of a "
+                        "segmenter that ignores the image (the members' majority label at each voxel)."
+                    )
             else:
                 extra = " No defence tried brought re-identification to chance at any cost."
             lines.append(

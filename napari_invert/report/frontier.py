@@ -42,6 +42,7 @@ COLUMNS = (
     "acts on",
     "folds",
     "Dice (unseen) [95% CI]",
+    "majority-label map Dice (same subjects)",
     "Dice cost [95% CI]",
     "feature inversion: re-identified (top-1)",
     "top-1 rate [95% CI]",
@@ -80,6 +81,7 @@ def table_rows(points: Sequence[FrontierPoint]) -> list[list[str]]:
                 p.threat_model,
                 ",".join(map(str, p.folds)),
                 p.dice.fmt(),
+                _trivial_cell(p),
                 "reference" if p.is_reference else p.dice_cost.fmt(),
                 f"{p.reid_hits}/{p.reid_top1.n}",
                 p.reid_top1.fmt(2),
@@ -93,6 +95,13 @@ def table_rows(points: Sequence[FrontierPoint]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _trivial_cell(p: FrontierPoint) -> str:
+    """The majority-label map's Dice, and whether the point falls below it."""
+    if not math.isfinite(p.trivial_dice.value):
+        return "n/a"
+    return f"{p.trivial_dice.value:.3f}" + (" (point below it)" if p.below_trivial else "")
 
 
 def frontier_csv(points: Sequence[FrontierPoint]) -> str:
@@ -119,7 +128,10 @@ def _notes(points: Sequence[FrontierPoint]) -> list[str]:
     attacks = sorted({p.mia_attack for p in points if p.mia_attack})
     return [
         "Utility: the deployed victim's mean foreground Dice on subjects it never trained on "
-        "(defence included: noise/quantisation also reach the victim's own decoder).",
+        "(defence included: noise/quantisation also reach the victim's own decoder). Its control: "
+        "a segmenter that ignores the image, the majority label of the members' labels at each voxel, "
+        "scored on the same subjects (dashed grey line in the figures); a point below it segments "
+        "worse than that map.",
         "Feature inversion (the attacker reads the exposed activations of a scan): the attacker's "
         "decoder is retrained from scratch against every defended victim, on its own subjects; "
         "re-identification ranks each member's reconstruction among all subjects by windowed SSIM.",
@@ -143,6 +155,7 @@ def frontier_figure(points: Sequence[FrontierPoint], path: str | Path, title: st
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.2, top=0.86, wspace=0.28)
     for i, (attr, label, threat) in enumerate(MEASURES):
         ax = fig.add_subplot(1, len(MEASURES), i + 1)
+        labels: list[tuple[str, float, float]] = []
         for p in points:
             x, y = getattr(p, attr), p.dice
             if not (math.isfinite(x.value) and math.isfinite(y.value)):
@@ -158,19 +171,26 @@ def frontier_figure(points: Sequence[FrontierPoint], path: str | Path, title: st
                 ecolor="lightgrey",
                 capsize=2,
             )
+            if not p.is_reference:  # the star and the legend name the reference
+                labels.append((f"{p.strength:g}", x.value, y.value))
+        trivial = next((p.trivial_dice.value for p in points if math.isfinite(p.trivial_dice.value)), None)
+        if trivial is not None:
+            ax.axhline(trivial, color="grey", lw=0.8, ls="--")
             ax.annotate(
-                "none" if p.is_reference else f"{p.strength:g}",
-                (x.value, y.value),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+                "majority-label map", (0.0, trivial), xycoords=("axes fraction", "data"),
+                xytext=(2, 2), textcoords="offset points", ha="left", va="bottom", fontsize=6, color="grey",
+            )  # fmt: skip
         front = sorted((p for p in points if p.front.get(attr)), key=lambda p: getattr(p, attr).value)
         if len(front) > 1:
             ax.plot([getattr(p, attr).value for p in front], [p.dice.value for p in front], "k--", lw=1)
         chance = {"reid_top1": points[0].chance_top1 if points else None, "ssim_gain": 0.0, "mia_auc": 0.5}
         if chance.get(attr) is not None:
             ax.axvline(chance[attr], color="grey", lw=0.8, ls=":")
+        ax.autoscale_view()
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        ax.set_xlim(x0, x1 + 0.1 * (x1 - x0))  # room for the labels of the points at the right edge
+        ax.set_ylim(y0, y1 + 0.05 * (y1 - y0))
+        place_labels(ax, labels, fontsize=7)
         ax.set_xlabel(f"{label}\n({threat}; dotted: chance)", fontsize=8)
         if i == 0:
             ax.set_ylabel("Dice on unseen subjects", fontsize=8)
@@ -194,6 +214,63 @@ def frontier_figure(points: Sequence[FrontierPoint], path: str | Path, title: st
     return save_figure(fig, path)
 
 
+#: directions a point's label may go, tried in this order (unit steps; NE first)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1), (1, 0), (-1, 0))
+#: distances (points) from the marker tried for each direction; beyond the first, a leader line
+_LABEL_RADII = (4.0, 10.0, 17.0, 25.0, 34.0)
+#: clearance (points) kept around each label's text
+_LABEL_PAD = 1.5
+
+
+def _label_box(px: float, py: float, dx: float, dy: float, w: float, h: float) -> tuple[float, ...]:
+    """Text box (points) of a label offset by ``(dx, dy)`` from ``(px, py)``, anchored on the
+    side facing the marker (as :func:`place_labels` sets ``ha``/``va``)."""
+    x0 = px + dx if dx > 0 else px + dx - w if dx < 0 else px - w / 2
+    y0 = py + dy if dy > 0 else py + dy - h if dy < 0 else py - h / 2
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(ax: Any, labels: Sequence[tuple[str, float, float]], fontsize: float = 7) -> None:
+    """Annotate each ``(text, x, y)`` (data coordinates) near its marker without overlap.
+
+    For each label (left to right) the first free spot is taken: directions
+    :data:`_LABEL_DIRECTIONS` at the distances :data:`_LABEL_RADII`, a spot being free when its
+    text box (estimated from the font size: 0.6 em per character, 1 em high, plus
+    :data:`_LABEL_PAD`) lies inside the
+    axes and overlaps no marker and no label placed before. A label moved farther than the
+    nearest distance gets a grey leader line; when no spot is free it goes to the first one.
+    Call after everything that sets the axes' limits is drawn.
+    """
+    ax.autoscale_view()
+    to_points = 72.0 / ax.figure.dpi
+    frame = [v * to_points for v in ax.get_window_extent().extents]
+    marks = [tuple(v * to_points for v in ax.transData.transform((x, y))) for _, x, y in labels]
+    taken = [(mx - 4.0, my - 4.0, mx + 4.0, my + 4.0) for mx, my in marks]
+    spots = [(r * ux, r * uy) for r in _LABEL_RADII for ux, uy in _LABEL_DIRECTIONS]
+    for text, x, y in sorted(labels, key=lambda t: (t[1], t[2])):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        w, h = 0.6 * fontsize * len(text) + 2 * _LABEL_PAD, fontsize + _LABEL_PAD
+        dx, dy = spots[0]
+        for sx, sy in spots:
+            box = _label_box(px, py, sx, sy, w, h)
+            inside = frame[0] <= box[0] and box[2] <= frame[2] and frame[1] <= box[1] and box[3] <= frame[3]
+            if inside and not any(_overlaps(box, t) for t in taken):
+                dx, dy = sx, sy
+                break
+        taken.append(_label_box(px, py, dx, dy, w, h))
+        leader = math.hypot(dx, dy) > math.hypot(*spots[0]) + 1e-6
+        ax.annotate(
+            text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+            ha="left" if dx > 0 else "right" if dx < 0 else "center",
+            va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+            arrowprops={"arrowstyle": "-", "color": "0.35", "lw": 0.6} if leader else None,
+        )  # fmt: skip
+
+
 def _group_name(key: tuple[str, str, str]) -> str:
     return "_".join(key).replace("/", "_").replace(" ", "_")
 
@@ -210,7 +287,8 @@ def frontier_section_html(points: Sequence[FrontierPoint], figures: Sequence[Pat
         parts.append(
             f'<figure><img src="{image_data_uri(fig)}" alt="{e(fig.stem)}">'
             f"<figcaption>{e(fig.stem)}: utility against each privacy measure (95 % intervals; "
-            "star: undefended; dashed: non-dominated points).</figcaption></figure>"
+            "star: undefended; numbers: each defence's strength; black dashed: non-dominated points; "
+            "grey dashed: the majority-label map's Dice).</figcaption></figure>"
         )
     head = "".join(f"<th>{e(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table_rows(points))
