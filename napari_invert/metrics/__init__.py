@@ -3,8 +3,9 @@
 * :mod:`~napari_invert.metrics.correlation` — Pearson correlation of grey levels (the
   paper's "MCC"): :func:`pearson_correlation`, :func:`correlation_matrix`.
 * :mod:`~napari_invert.metrics.ssim` — windowed Gaussian SSIM (Wang et al., equal to
-  scikit-image's): :func:`ssim_windowed`, :func:`ssim_map`, :func:`ssim_matrix`,
-  :class:`WindowedSSIM`; and the paper's global masked SSIM: :func:`ssim_global`,
+  scikit-image's): :func:`ssim_windowed`, :func:`ssim_map`, :func:`ssim_matrix`; its torch
+  engine :class:`WindowedSSIM` in :mod:`~napari_invert.metrics.ssim_torch`; and the paper's
+  global masked SSIM in :mod:`~napari_invert.metrics.global_ssim`: :func:`ssim_global`,
   :func:`ssim_global_matrix`.
 * :mod:`~napari_invert.metrics.deformation` — ANTs affine + SyN registration and the mean
   displacement norm (mm): :func:`register_pair`, :func:`deformation_matrix`.
@@ -38,26 +39,20 @@ if TYPE_CHECKING:
         majority_label_map,
         mean_dice,
     )
-    from napari_invert.metrics.ssim import (
-        WindowedSSIM,
-        common_data_range,
-        ssim_global,
-        ssim_global_matrix,
-        ssim_map,
-        ssim_matrix,
-        ssim_windowed,
-    )
+    from napari_invert.metrics.global_ssim import ssim_global, ssim_global_matrix
+    from napari_invert.metrics.ssim import common_data_range, ssim_map, ssim_matrix, ssim_windowed
+    from napari_invert.metrics.ssim_torch import WindowedSSIM
 
 _WHERE = {
     "pearson_correlation": "correlation",
     "correlation_matrix": "correlation",
-    "WindowedSSIM": "ssim",
+    "WindowedSSIM": "ssim_torch",
     "common_data_range": "ssim",
     "ssim_map": "ssim",
     "ssim_windowed": "ssim",
     "ssim_matrix": "ssim",
-    "ssim_global": "ssim",
-    "ssim_global_matrix": "ssim",
+    "ssim_global": "global_ssim",
+    "ssim_global_matrix": "global_ssim",
     "PRESETS": "deformation",
     "DeformationResult": "deformation",
     "RegistrationPreset": "deformation",

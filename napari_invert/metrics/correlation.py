@@ -18,7 +18,7 @@ either image is constant inside the mask (zero variance) or the mask is empty.
 The private helper :func:`masked_moments_matrix` computes, for every (reconstruction,
 original) pair, the means, variances and covariance inside the original's mask with a few
 batched matrix products (float64 accumulation); :func:`correlation_matrix` and
-:func:`napari_invert.metrics.ssim.ssim_global_matrix` are thin formulas on top of it.
+:func:`napari_invert.metrics.global_ssim.ssim_global_matrix` are thin formulas on top of it.
 """
 
 from __future__ import annotations

@@ -42,32 +42,31 @@ Pitfalls
 * Values lie in ``[-1, 1]`` (``1`` for identical images); the windowed map can be
   negative in anti-correlated regions.
 
-Implementation: the 3D Gaussian filter is separable; each axis is filtered by one dense
-matrix product with a banded ``(n_out, n)`` matrix that already contains the reflect
-extension (one GEMM per axis: fast on CPU and GPU, differentiable). :func:`ssim_matrix`
-filters each volume's mean and variance once and only ``x * y`` per pair, and centres every
-volume on its own mean before forming variances (exact for covariances, avoids float32
-cancellation).
+The Gaussian window engine (kernel, filter matrices, :class:`WindowedSSIM`) lives in
+:mod:`napari_invert.metrics.ssim_torch`, the global SSIM in
+:mod:`napari_invert.metrics.global_ssim`; both are re-exported here.
 """
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import Iterator, Sequence
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from napari_invert.metrics.correlation import (
-    DEFAULT_CHUNK_VOXELS,
     ArrayStack,
     as_volume_list,
     check_same_shape,
-    masked_moments_matrix,
-    masked_values,
     resolve_device,
     torch_threads,
+)
+from napari_invert.metrics.global_ssim import ssim_global, ssim_global_matrix
+from napari_invert.metrics.ssim_torch import (
+    WindowedSSIM,
+    bbox_region,
+    check_volume_pair,
+    crop_region,
+    gaussian_kernel1d,
+    interior_region,
 )
 
 __all__ = [
@@ -81,269 +80,10 @@ __all__ = [
     "ssim_windowed",
 ]
 
-K1 = 0.01
-K2 = 0.03
-SIGMA = 1.5
-TRUNCATE = 3.5  # skimage's value for gaussian_weights=True: 11 taps at sigma 1.5
-
-Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-
-
-# --------------------------------------------------------------------------------------
-# kernel and filter matrices
-# --------------------------------------------------------------------------------------
-def gaussian_kernel1d(sigma: float = SIGMA, truncate: float = TRUNCATE) -> np.ndarray:
-    """Normalised 1D Gaussian, radius ``int(truncate * sigma + 0.5)`` (as ``scipy.ndimage``).
-
-    Returns a float64 array of length ``2 * radius + 1`` summing to 1 (11 taps for the
-    defaults).
-    """
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    w = np.exp(-0.5 * (x / sigma) ** 2)
-    return w / w.sum()
-
-
-def _reflect_index(j: np.ndarray, n: int) -> np.ndarray:
-    """Map indices outside ``[0, n)`` into it with ndimage's 'reflect' (d c b a | a b c d)."""
-    period = 2 * n
-    j = np.mod(j, period)
-    return np.where(j >= n, period - 1 - j, j)
-
-
-@lru_cache(maxsize=64)
-def _filter_matrix_np(n: int, lo: int, hi: int, sigma: float, truncate: float) -> np.ndarray:
-    """Rows ``lo..hi-1`` of the ``(n, n)`` Gaussian filter matrix with reflect boundary."""
-    w = gaussian_kernel1d(sigma, truncate)
-    r = (w.size - 1) // 2
-    rows = np.arange(lo, hi)
-    mat = np.zeros((hi - lo, n), dtype=np.float64)
-    for k in range(-r, r + 1):
-        cols = _reflect_index(rows + k, n)
-        np.add.at(mat, (np.arange(hi - lo), cols), w[k + r])
-    mat.setflags(write=False)
-    return mat
-
-
-def _interior_region(shape: Sequence[int], radius: int) -> Region:
-    return tuple((radius, n - radius) for n in shape)  # type: ignore[return-value]
-
-
-def _full_region(shape: Sequence[int]) -> Region:
-    return tuple((0, n) for n in shape)  # type: ignore[return-value]
-
-
-def _bbox_region(mask: np.ndarray) -> Region:
-    idx = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-    if any(i.size == 0 for i in idx):
-        return tuple((0, 0) for _ in range(3))  # type: ignore[return-value]
-    return tuple((int(i[0]), int(i[-1]) + 1) for i in idx)  # type: ignore[return-value]
-
-
-def _crop(v: torch.Tensor | np.ndarray, region: Region) -> torch.Tensor | np.ndarray:
-    (a0, a1), (b0, b1), (c0, c1) = region
-    return v[..., a0:a1, b0:b1, c0:c1]
-
-
-@contextlib.contextmanager
-def _exact_fp32_matmul(active: bool) -> Iterator[None]:
-    """Disable TF32 for float32 GEMMs while active (CUDA): TF32 would cost ~1e-3 accuracy."""
-    if not active:
-        yield
-        return
-    try:
-        old = torch.get_float32_matmul_precision()
-        if old != "highest":
-            torch.set_float32_matmul_precision("highest")
-    except RuntimeError:  # precision configured through the newer per-backend API
-        yield
-        return
-    try:
-        yield
-    finally:
-        if old != "highest":
-            torch.set_float32_matmul_precision(old)
-
-
-class WindowedSSIM(torch.nn.Module):
-    """Windowed (Gaussian, Wang et al.) SSIM on torch batches; differentiable.
-
-    Holds the Gaussian kernel, the constants and a cache of per-shape filter matrices on
-    one device. See the module docstring for the exact definition and boundary rules.
-
-    Parameters
-    ----------
-    data_range
-        ``L`` in ``C1 = (K1 L)^2``, ``C2 = (K2 L)^2``; the intensity range of the images
-        (same for all pairs you compare).
-    sigma, truncate
-        Gaussian window (defaults: 1.5 voxels, 11 taps — Wang et al. / skimage).
-    k1, k2
-        SSIM constants (0.01, 0.03).
-    device
-        Where the computation runs (``None``: CUDA if available, else CPU). Inputs are
-        moved there.
-    dtype
-        Computation dtype (float32 default; float64 for reference-grade agreement).
-
-    Examples
-    --------
-    >>> m = WindowedSSIM(data_range=1.0, device="cpu")
-    >>> x = torch.rand(2, 1, 24, 24, 24)
-    >>> m(x, x)  # (B,) mean SSIM, skimage's interior crop
-    tensor([1., 1.])
-    """
-
-    def __init__(
-        self,
-        data_range: float,
-        sigma: float = SIGMA,
-        truncate: float = TRUNCATE,
-        k1: float = K1,
-        k2: float = K2,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        super().__init__()
-        data_range = float(data_range)
-        if not np.isfinite(data_range) or data_range <= 0:
-            raise ValueError(f"data_range must be a positive finite number, got {data_range}")
-        self.data_range = data_range
-        self.sigma = float(sigma)
-        self.truncate = float(truncate)
-        self.c1 = (k1 * data_range) ** 2
-        self.c2 = (k2 * data_range) ** 2
-        self.device = resolve_device(device)
-        self.dtype = dtype
-        kernel = gaussian_kernel1d(self.sigma, self.truncate)
-        self.radius = (kernel.size - 1) // 2
-        self.win_size = kernel.size
-        self.register_buffer("kernel", torch.as_tensor(kernel, dtype=dtype, device=self.device))
-        self._mats: dict[tuple[int, int, int], torch.Tensor] = {}
-
-    # -- filtering --------------------------------------------------------------------
-    def _matrix(self, n: int, lo: int, hi: int) -> torch.Tensor:
-        key = (n, lo, hi)
-        mat = self._mats.get(key)
-        if mat is None:
-            mat = torch.tensor(
-                _filter_matrix_np(n, lo, hi, self.sigma, self.truncate),
-                dtype=self.dtype,
-                device=self.device,
-            )
-            self._mats[key] = mat
-        return mat
-
-    def check_shape(self, shape: Sequence[int]) -> None:
-        """Raise ``ValueError`` if a spatial shape is smaller than the window (11)."""
-        if len(shape) != 3:
-            raise ValueError(f"expected a 3D spatial shape, got {tuple(shape)}")
-        if min(shape) < self.win_size:
-            raise ValueError(
-                f"volume shape {tuple(shape)} is smaller than the SSIM window "
-                f"({self.win_size} voxels per axis)"
-            )
-
-    def filter(self, v: torch.Tensor, region: Region | None = None) -> torch.Tensor:
-        """Gaussian-filter ``v`` (``(..., X, Y, Z)``), evaluated on ``region`` only.
-
-        ``region`` is ``((x0, x1), (y0, y1), (z0, z1))`` output voxel ranges (default: the
-        whole volume). The reflect boundary is exact everywhere. Returns
-        ``(..., x1-x0, y1-y0, z1-z0)``.
-        """
-        *lead, nx, ny, nz = v.shape
-        if region is None:
-            region = _full_region((nx, ny, nz))
-        (x0, x1), (y0, y1), (z0, z1) = region
-        wx = self._matrix(nx, x0, x1)
-        wy = self._matrix(ny, y0, y1)
-        wz = self._matrix(nz, z0, z1)
-        b = int(np.prod(lead)) if lead else 1
-        oy, oz = y1 - y0, z1 - z0
-        with _exact_fp32_matmul(v.device.type == "cuda"):
-            a = v.reshape(b * nx * ny, nz) @ wz.T  # (b*nx*ny, oz)
-            a = torch.matmul(wy, a.reshape(b * nx, ny, oz))  # (b*nx, oy, oz)
-            a = torch.matmul(wx, a.reshape(b, nx, oy * oz))  # (b, ox, oy*oz)
-        return a.reshape(*lead, x1 - x0, oy, oz)
-
-    # -- statistics -------------------------------------------------------------------
-    def _prepare(self, v: torch.Tensor) -> torch.Tensor:
-        return v.to(device=self.device, dtype=self.dtype)
-
-    def local_stats(
-        self, v: torch.Tensor, region: Region | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Centred volume, centred local mean, local mean and local variance.
-
-        ``v``: ``(B, X, Y, Z)``. Returns ``(vc, mu_c, mu, var)`` where ``vc = v - mean(v)``
-        (per volume, full size) and the other three are ``(B, *region)``.
-        """
-        offset = v.mean(dim=(-3, -2, -1), keepdim=True)
-        vc = v - offset
-        mu_c = self.filter(vc, region)
-        var = self.filter(vc * vc, region) - mu_c * mu_c
-        return vc, mu_c, mu_c + offset, var
-
-    def _ssim_from_terms(
-        self,
-        mu_x: torch.Tensor,
-        mu_y: torch.Tensor,
-        var_x: torch.Tensor,
-        var_y: torch.Tensor,
-        cov: torch.Tensor,
-    ) -> torch.Tensor:
-        num = (2 * mu_x * mu_y + self.c1) * (2 * cov + self.c2)
-        den = (mu_x * mu_x + mu_y * mu_y + self.c1) * (var_x + var_y + self.c2)
-        return num / den
-
-    def map(self, x: torch.Tensor, y: torch.Tensor, region: Region | None = None) -> torch.Tensor:
-        """SSIM map of two batches.
-
-        ``x``, ``y``: ``(B, 1, X, Y, Z)`` or ``(B, X, Y, Z)``. Returns the map with the
-        input's layout restricted to ``region`` (default: whole volume, skimage's ``S``).
-        """
-        if x.shape != y.shape:
-            raise ValueError(f"WindowedSSIM: shapes differ ({tuple(x.shape)} vs {tuple(y.shape)})")
-        self.check_shape(x.shape[-3:])
-        x = self._prepare(x)
-        y = self._prepare(y)
-        xc, mxc, mx, vx = self.local_stats(x, region)
-        yc, myc, my, vy = self.local_stats(y, region)
-        cov = self.filter(xc * yc, region) - mxc * myc
-        return self._ssim_from_terms(mx, my, vx, vy, cov)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean SSIM per batch item, shape ``(B,)``.
-
-        Without ``mask``: mean over the interior (``radius`` voxels cropped from each face,
-        as skimage). With ``mask`` (bool, broadcastable to ``x``): mean of the full map
-        over the mask voxels (``NaN`` for an empty mask).
-        """
-        if mask is None:
-            region = _interior_region(x.shape[-3:], self.radius)
-            s = self.map(x, y, region)
-            return s.reshape(s.shape[0], -1).mean(dim=1)
-        s = self.map(x, y)
-        m = mask.to(device=s.device, dtype=s.dtype).expand_as(s)
-        num = (s * m).reshape(s.shape[0], -1).sum(dim=1)
-        den = m.reshape(s.shape[0], -1).sum(dim=1)
-        return num / den
-
 
 # --------------------------------------------------------------------------------------
 # numpy front ends
 # --------------------------------------------------------------------------------------
-def _check_pair(a: np.ndarray, b: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(a)
-    b = np.asarray(b)
-    check_same_shape(a.shape, b.shape, what)
-    if a.ndim != 3:
-        raise ValueError(f"{what}: expected 3D volumes (X, Y, Z), got shape {a.shape}")
-    return a, b
-
-
 def common_data_range(volumes: ArrayStack) -> float:
     """``max - min`` over all voxels of all volumes: one ``data_range`` for a whole study.
 
@@ -379,7 +119,7 @@ def ssim_map(
         ``(X, Y, Z)`` float32 map in ``[-1, 1]``; equals skimage's ``full=True`` image
         (reflect boundary, no crop).
     """
-    a, b = _check_pair(a, b, "ssim_map")
+    a, b = check_volume_pair(a, b, "ssim_map")
     m = WindowedSSIM(data_range, device=device, dtype=dtype)
     with torch.no_grad():
         s = m.map(
@@ -419,7 +159,7 @@ def ssim_windowed(
     float or (float, np.ndarray)
         Mean SSIM in ``[-1, 1]`` (and the map).
     """
-    a, b = _check_pair(a, b, "ssim_windowed")
+    a, b = check_volume_pair(a, b, "ssim_windowed")
     m = WindowedSSIM(data_range, device=device, dtype=dtype)
     m.check_shape(a.shape)
     if mask is not None:
@@ -433,7 +173,7 @@ def ssim_windowed(
         s = m.map(ta, tb)[0]
     s_np = s.cpu().numpy()
     if mask is None:
-        value = float(_crop(s_np, _interior_region(a.shape, m.radius)).mean(dtype=np.float64))
+        value = float(crop_region(s_np, interior_region(a.shape, m.radius)).mean(dtype=np.float64))
     else:
         value = float(s_np[mask].mean(dtype=np.float64)) if mask.any() else float("nan")
     if return_map:
@@ -536,9 +276,9 @@ def _ssim_matrix(
             raise ValueError(f"masks: {len(mask_list)} masks for {len(ys)} originals")
         check_same_shape(mask_list[0].shape, shape, "masks vs originals")
         union = np.logical_or.reduce(mask_list)
-        region = _bbox_region(union)
+        region = bbox_region(union)
     else:
-        region = _interior_region(shape, model.radius)
+        region = interior_region(shape, model.radius)
     rshape = tuple(hi - lo for lo, hi in region)
     n_region = int(np.prod(rshape))
     out = np.full((len(xs), len(ys)), np.nan, dtype=np.float64)
@@ -570,7 +310,7 @@ def _ssim_matrix(
             vy = torch.cat([s[3] for s in y_stats])
             del y_stats
             if mask_list is not None:
-                mk = torch.stack([to_t(_crop(mask_list[j], region)) for j in js])
+                mk = torch.stack([to_t(crop_region(mask_list[j], region)) for j in js])
                 mk_count = mk.reshape(len(js), -1).sum(1)
             for i, x_np in enumerate(xs):
                 xc, mxc, mx, vx = model.local_stats(to_t(x_np)[None], region)
@@ -595,101 +335,3 @@ def _ssim_matrix(
                 bar.update(1)
     bar.close()
     return out
-
-
-# --------------------------------------------------------------------------------------
-# global SSIM (the paper's)
-# --------------------------------------------------------------------------------------
-def _global_ssim_formula(
-    mx: np.ndarray,
-    my: np.ndarray,
-    vx: np.ndarray,
-    vy: np.ndarray,
-    cov: np.ndarray,
-    data_range: float,
-    k1: float = K1,
-    k2: float = K2,
-) -> np.ndarray:
-    c1 = (k1 * data_range) ** 2
-    c2 = (k2 * data_range) ** 2
-    return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-
-
-def _check_range(data_range: float) -> float:
-    data_range = float(data_range)
-    if not np.isfinite(data_range) or data_range <= 0:
-        raise ValueError(f"data_range must be a positive finite number, got {data_range}")
-    return data_range
-
-
-def ssim_global(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None, data_range: float) -> float:
-    """The paper's SSIM: one global SSIM over the voxels of the original's mask.
-
-    ``(2 mu_a mu_b + C1)(2 cov + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2))`` with
-    means, population variances and covariance over the mask voxels, ``C1 = (0.01 L)^2``,
-    ``C2 = (0.03 L)^2``. No window.
-
-    Parameters
-    ----------
-    a, b
-        ``(X, Y, Z)`` volumes (reconstruction, original); computed in float64.
-    mask
-        Boolean ``(X, Y, Z)`` — the *original's* mask (``None``: all voxels).
-    data_range
-        ``L``; explicit and the same for every pair compared.
-
-    Returns
-    -------
-    float
-        In ``[-1, 1]``; 1 for identical images; ``NaN`` for an empty mask.
-    """
-    a, b = _check_pair(a, b, "ssim_global")
-    data_range = _check_range(data_range)
-    x, y = masked_values(a, b, mask, "ssim_global")
-    if x.size == 0:
-        return float("nan")
-    mx, my = x.mean(), y.mean()
-    xc, yc = x - mx, y - my
-    vx, vy = np.mean(xc * xc), np.mean(yc * yc)
-    cov = np.mean(xc * yc)
-    return float(_global_ssim_formula(mx, my, vx, vy, cov, data_range))
-
-
-def ssim_global_matrix(
-    recons: ArrayStack,
-    originals: ArrayStack,
-    data_range: float,
-    masks: ArrayStack | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = DEFAULT_CHUNK_VOXELS,
-    num_threads: int | None = None,
-) -> np.ndarray:
-    """The paper's global SSIM for every (reconstruction, candidate original) pair.
-
-    Vectorised :func:`ssim_global`: the moments of all pairs come from batched float64
-    matrix products (:func:`~napari_invert.metrics.correlation.masked_moments_matrix`).
-
-    Parameters
-    ----------
-    recons, originals
-        ``(N, X, Y, Z)`` and ``(M, X, Y, Z)`` (arrays or sequences).
-    data_range
-        One ``L`` for all pairs.
-    masks
-        ``None`` (all voxels) or ``(M, X, Y, Z)`` boolean — mask of each candidate
-        original; entry ``(i, j)`` uses ``masks[j]``.
-    device, batch_size, num_threads
-        Torch device, voxels per chunk, torch CPU threads for this call (``None``:
-        unchanged).
-
-    Returns
-    -------
-    np.ndarray
-        ``(N, M)`` float64 in ``[-1, 1]``; higher is more similar.
-    """
-    data_range = _check_range(data_range)
-    mom = masked_moments_matrix(
-        recons, originals, masks, device=device, batch_size=batch_size, num_threads=num_threads
-    )
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return _global_ssim_formula(mom.mean_x, mom.mean_y, mom.var_x, mom.var_y, mom.cov, data_range)

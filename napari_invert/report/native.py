@@ -220,7 +220,7 @@ def _scores(
     import torch
 
     from napari_invert import metrics as M
-    from napari_invert.metrics.ssim import WindowedSSIM
+    from napari_invert.metrics.ssim_torch import WindowedSSIM
 
     out: dict[str, float] = {}
     for m in metrics:
