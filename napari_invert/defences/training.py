@@ -41,15 +41,14 @@ from napari_invert.errors import ConfigError
 from napari_invert.models.augment import augment_batch
 from napari_invert.models.base import EncoderFeatures, Segmenter
 from napari_invert.models.factory import build_segmenter
+from napari_invert.models.losses import segmentation_loss
+from napari_invert.models.segmenter_training import stack_labels, train_segmenter
 from napari_invert.models.training import (
     OnStep,
     ShouldStop,
-    _stack_labels,
     run_training_loop,
-    segmentation_loss,
     stack_images,
     stage_on_device,
-    train_segmenter,
 )
 
 #: loss of a batch: ``(model input x (B,1,X,Y,Z), labels y (B,1,X,Y,Z) int64, rng) -> scalar``
@@ -119,7 +118,7 @@ class VictimTraining:
         replaces :attr:`meta` in the checkpoint. Returns the curve rows."""
         config, device = self.config, self.device
         x_all = stack_images(self.images, "images")
-        y_all = _stack_labels(self.labels, model.n_classes, tuple(x_all.shape[2:]))
+        y_all = stack_labels(self.labels, model.n_classes, tuple(x_all.shape[2:]))
         model.check_input(x_all[:1])
         module.to(device)
         x_all, y_all = stage_on_device([x_all, y_all], device)

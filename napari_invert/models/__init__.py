@@ -16,6 +16,7 @@ from napari_invert.models.factory import (
     save_segmenter,
     segmenter_from_spec,
 )
+from napari_invert.models.segmenter_training import train_segmenter
 from napari_invert.models.segnet import SegNet3D
 from napari_invert.models.training import (
     Cancelled,
@@ -24,7 +25,6 @@ from napari_invert.models.training import (
     read_training_state,
     run_training_loop,
     segmentation_loss,
-    train_segmenter,
     write_curve,
 )
 from napari_invert.models.unet import UNet3D
