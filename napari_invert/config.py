@@ -257,6 +257,12 @@ class DeformationConfig(_Strict):
         default="ants",
         description="registration engine: ants (CPU) or fireants (PyTorch; CUDA when present, else CPU)",
     )
+    measure: Literal["nonlinear", "total"] = Field(
+        default="nonlinear",
+        description="what the number is: 'nonlinear', the mean norm of the non-linear field after "
+        "the affine stage (the paper's); 'total', the mean displacement of the whole transform "
+        "(affine + non-linear), which ranks candidates alike across backends (use it with fireants)",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

@@ -324,3 +324,24 @@ def test_registration_agreement_on_a_study_s_reconstructions(study_dir: Path, tm
     assert doc["row_ids"] == ["S01", "S02"] and doc["spacing_mm"] == [2.0, 2.0, 2.0]
     ants = np.asarray(doc["matrices"]["ants"])
     assert ants.shape == (2, 3) and np.isfinite(ants).all() and (ants >= 0).all()
+
+    # the second control: ANTs with the paper's SyN step and CC radius, cached apart, compared with ANTs
+    from napari_invert.bench.registration_agreement import VARIANT_PRESET
+
+    assert main(["--out", str(out), "--study", str(study_dir), "--rows", "2", "--candidates", "3",
+                 "--backend", "ants", "ants_variant"]) == 0  # fmt: skip
+    doc = json.loads((out / "agreement.json").read_text())
+    np.testing.assert_array_equal(np.asarray(doc["matrices"]["ants"]), ants)  # from the cache
+    variant = np.asarray(doc["matrices"]["ants_variant"])
+    assert variant.shape == (2, 3) and np.isfinite(variant).all() and not np.array_equal(variant, ants)
+    assert doc["control_ants_variant"]["pairs"] == 6 and "agreement" not in doc  # no FireANTs run
+    presets = [json.loads(f.read_text())["preset"] for f in (out / "cache").glob("*.json")]
+    assert sum(p == VARIANT_PRESET.as_dict() for p in presets) == 6
+    assert VARIANT_PRESET.grad_step == 0.1 and VARIANT_PRESET.syn_radius == 4
+    assert set(doc["seconds_per_pair_median"]) == {"ants", "ants_variant"}
+    # the same comparisons for the whole transform's displacement, read from the same cache
+    total = doc["total"]
+    assert total["control_ants_variant"]["pairs"] == 6 and "agreement" not in total
+    records = [json.loads(f.read_text()) for f in (out / "cache").glob("*.json")]
+    fast_ants = sorted(r["total_mean_norm"] for r in records if r["preset"]["name"] == "fast")
+    assert sorted(np.ravel(total["matrices"]["ants"]).tolist()) == pytest.approx(fast_ants)

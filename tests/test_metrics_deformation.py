@@ -127,8 +127,17 @@ def test_matrix_in_workers_is_deterministic_and_cached(
     )
     assert cached == first
     assert {p: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+    # the whole transform's displacement comes from the same cache, without registering: the
+    # shifted copy's +4 mm lives in the affine stage, so it dominates the total measure
+    total = deformation_matrix(
+        fixed_list, moving_list, pairs, workers=0, cache_dir=cache, measure="total", **common
+    )
+    assert total[(0, 0)] == pytest.approx(4.0, abs=0.5) and total[(0, 0)] > first[(0, 0)] + 2.0
+    with pytest.raises(ValueError, match="nonlinear, total"):
+        deformation_matrix(fixed_list, moving_list, pairs, cache_dir=cache, measure="affine", **common)
     records = [json.loads(p.read_text()) for p in cache.glob("*.json")]
     assert sorted(r["mean_norm"] for r in records) == sorted(first.values())
+    assert sorted(r["total_mean_norm"] for r in records) == sorted(total.values())
     assert all(r["preset"]["name"] == "fast" and r["seed"] == 3 for r in records)
     npy = magnitude_cache_path(cache, fixed_list[0], moving_list[0], SPACING, "fast", masks[0], seed=3)
     mag = np.load(npy)

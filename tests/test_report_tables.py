@@ -198,3 +198,16 @@ def test_fast_preset_is_described_where_it_is_chosen() -> None:
     d = deformation_settings(cfg, "sample", 40)
     assert d["candidates_per_row"] == 4 and d["chance_top1"] == 0.25 and not d["comparable_with_paper"]
     assert chance_text(4, "sample") == "chance 1/4 (true + 3 sampled)"
+    # the number and the backend are named: the default is the paper's non-linear part
+    assert d["measure"] == "nonlinear" and "non-linear field after the affine" in d["measure_text"]
+    assert d["preset_text"].startswith("ANTs preset 'fast'")
+    fire = deformation_settings(
+        DeformationConfig(mode="full", backend="fireants", measure="total"), "full", 40
+    )
+    assert (
+        fire["preset_text"].startswith("FireANTs preset 'fast': affine (MI)")
+        and "greedy" in fire["preset_text"]
+    )
+    assert fire["measure"] == "total" and "whole transform" in fire["measure_text"]
+    with pytest.raises(ValueError, match="measure"):
+        DeformationConfig(measure="affine")

@@ -30,16 +30,36 @@ if TYPE_CHECKING:
     from napari_invert.report.html import ReportContext, Section
 
 
-def preset_text(preset: str) -> str:
-    """What an ANTs preset does, in one sentence (from the preset's own iteration counts)."""
+#: what each ``evaluation.deformation.measure`` is, for the report
+MEASURE_TEXT = {
+    "nonlinear": "mean norm (mm) of the non-linear field after the affine stage (the paper's metric)",
+    "total": "mean displacement (mm) of the whole transform, affine + non-linear",
+}
+
+
+def preset_text(preset: str, backend: str = "ants") -> str:
+    """What a registration preset does, in one sentence (from the preset's own iteration
+    counts), beginning with the backend's name."""
+    if backend == "fireants":
+        from napari_invert.metrics.registration.fireants import FIREANTS_PRESETS
+
+        f = FIREANTS_PRESETS.get(preset)
+        if f is None:
+            return f"FireANTs preset '{preset}'"
+        aff = "x".join(str(i) for i in f.aff_iterations)
+        greedy = "x".join(str(i) for i in f.def_iterations)
+        return (
+            f"FireANTs preset '{preset}': affine ({f.aff_loss.upper()}) {aff} iterations, then greedy "
+            f"(CC kernel {f.cc_kernel_size}) {greedy} at scales {'/'.join(map(str, f.def_scales))}"
+        )
     from napari_invert.metrics.deformation import PRESETS
 
     p = PRESETS.get(preset)
     if p is None:
-        return f"preset '{preset}'"
+        return f"ANTs preset '{preset}'"
     syn = "x".join(str(i) for i in p.reg_iterations)
     aff = "x".join(str(i) for i in p.aff_iterations)
-    text = f"preset '{preset}': affine (MI) {aff} iterations, then SyN (CC radius {p.syn_radius}) {syn}"
+    text = f"ANTs preset '{preset}': affine (MI) {aff} iterations, then SyN (CC radius {p.syn_radius}) {syn}"
     if p.reg_iterations and p.reg_iterations[-1] == 0:
         text += (
             " — no SyN iteration at the finest (full-resolution) level: the field is optimised "
@@ -65,7 +85,10 @@ def deformation_settings(cfg: Any, mode: str, n_candidates: int) -> dict[str, An
     return {
         "mode": mode,
         "preset": cfg.preset,
-        "preset_text": preset_text(cfg.preset),
+        "preset_text": preset_text(cfg.preset, cfg.backend),
+        "backend": cfg.backend,
+        "measure": cfg.measure,
+        "measure_text": MEASURE_TEXT[cfg.measure],
         "sample_size": int(cfg.sample_size) if mode == "sample" else None,
         "candidates_per_row": per_row,
         "chance_top1": 1.0 / per_row if per_row else None,
@@ -135,6 +158,7 @@ def run_deformation(
         "seed": DEFORMATION_SEED,
         "backend": cfg.backend,
         "executor": executor,
+        "measure": cfg.measure,
     }
     t0 = time.perf_counter()
     values = deformation_matrix(list(vd.originals), moving, true_pairs, save_magnitude=True, **common)
@@ -178,7 +202,8 @@ def deformation_section(ctx: ReportContext) -> Section | None:
     items = [
         f"Mode <b>{esc(d.get('mode'))}</b>: true original ranked among {esc(d.get('candidates_per_row'))} "
         f"candidates per reconstruction ({esc(d.get('chance_text'))}).",
-        f"ANTs {esc(d.get('preset_text'))}.",
+        f"{esc(d.get('preset_text'))}.",
+        f"The number: {esc(d.get('measure_text', MEASURE_TEXT['nonlinear']))}.",
     ]
     if d.get("mode") == "sample":
         items.append(

@@ -34,8 +34,9 @@ Conventions
   native``, the true pairs also on the native grid: :mod:`.native`).
 * ``correlation`` = Pearson r (the paper's "MCC"); ``ssim`` = windowed Gaussian SSIM,
   mean over the mask; ``ssim_global`` = one global SSIM over the mask (the paper's
-  SSIM); ``deformation`` = mean |displacement| (mm) of an affine + SyN registration of the
-  reconstruction onto the candidate (lower is better).
+  SSIM); ``deformation`` = mean displacement (mm) of an affine + SyN (or greedy) registration
+  of the reconstruction onto the candidate, of its non-linear part or, with
+  ``evaluation.deformation.measure: total``, of the whole transform (lower is better).
 * The prior (the attacker's mean image of its own subjects, ``<variant>/fold<k>/
   prior.nii.gz``) is scored against each true original; ``gain`` is positive when the
   reconstruction is closer to the subject than the prior is.

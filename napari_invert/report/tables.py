@@ -37,7 +37,12 @@ METRICS: dict[str, tuple[str, str, bool]] = {
         "one global SSIM over the mask's voxels (the paper's published metric code)",
         True,
     ),
-    "deformation": ("Deformation", "mean |displacement| in mm after affine+SyN registration", False),
+    "deformation": (
+        "Deformation",
+        "mean displacement in mm registering the reconstruction onto the candidate (affine, then "
+        "SyN or greedy): of the non-linear part (default, the paper's) or of the whole transform",
+        False,
+    ),
     "dice": ("Dice (manual)", "mean foreground Dice of the re-segmented image vs the manual labels", True),
     "dice_seg": (
         "Dice (vs original's segmentation)",

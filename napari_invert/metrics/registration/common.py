@@ -5,7 +5,9 @@ Conventions (all backends): arrays are ``(X, Y, Z)`` in voxel order, physical po
 voxel ``p`` is ``p * spacing`` (origin 0, identity direction), displacement component
 ``k`` is along array axis ``k``, in mm. The fixed-to-moving point map is
 ``T(p) = A(p + u(p))`` with ``u`` the non-linear displacement on the fixed grid and ``A``
-the affine stage; ``mean_norm`` is the mean ``|u|`` (non-linear part only).
+the affine stage; ``mean_norm`` is the mean ``|u|`` (non-linear part only) and
+``total_mean_norm`` the mean ``|T(p) - p|`` (the whole transform). :data:`MEASURES` names
+them for :func:`~napari_invert.metrics.deformation_matrix`'s ``measure``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from napari_invert.errors import DataError
 __all__ = [
     "BACKENDS",
     "CACHE_VERSION",
+    "MEASURES",
     "DeformationResult",
     "candidate_pairs",
     "check_backend",
+    "check_measure",
     "pairs_to_matrix",
     "result_from_displacement",
 ]
@@ -227,12 +231,28 @@ def cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.json", cache_dir / f"{key}_magnitude.npy"
 
 
-def load_cached(json_path: Path, npy_path: Path, need_magnitude: bool) -> float | None:
+#: what a pair's deformation number measures -> the result field that holds it (mm):
+#: ``nonlinear``, the mean norm of the non-linear field after the affine stage (the paper's
+#: metric); ``total``, the mean displacement of the whole transform (affine + non-linear)
+MEASURES: dict[str, str] = {"nonlinear": "mean_norm", "total": "total_mean_norm"}
+
+
+def check_measure(measure: str) -> str:
+    """``measure`` if it is a key of :data:`MEASURES`, else ValueError naming the choices."""
+    if measure not in MEASURES:
+        raise ValueError(f"deformation measure {measure!r}: choose one of {', '.join(MEASURES)}")
+    return measure
+
+
+def load_cached(
+    json_path: Path, npy_path: Path, need_magnitude: bool, measure: str = "nonlinear"
+) -> float | None:
+    """A cached pair's ``measure`` (mm; NaN when undefined), or None when it must be computed."""
     if not json_path.exists() or (need_magnitude and not npy_path.exists()):
         return None
     try:
         rec = read_json(json_path)
-        value = rec["mean_norm"]
+        value = rec[MEASURES[measure]]
         return float("nan") if value is None else float(value)
     except (DataError, KeyError, TypeError, ValueError):
         return None  # unreadable entry: recompute and overwrite
