@@ -233,29 +233,23 @@ def collect_points(studies: Sequence[str | Path]) -> list[FrontierPoint]:
 
 class _TrivialDice:
     """Per-subject Dice of the majority-label map of a fold's members, on that fold's utility
-    subjects; read from the study's label maps and cached per (variant, members, subjects)."""
+    subjects (:meth:`~napari_invert.study.results.StudyResults.majority_baseline_dice`), cached
+    per (variant, members, subjects): every defence of a fold shares them."""
 
     def __init__(self, study: Path) -> None:
-        self.study = study
+        from napari_invert.study.results import StudyResults
+
+        self.results = StudyResults(study)
         self.cache: dict[tuple[str, tuple[str, ...], tuple[str, ...]], list[float]] = {}
 
     def __call__(self, variant: str, result: dict[str, Any]) -> list[float]:
         """One value per utility subject of ``result`` (empty when a label map is missing)."""
-        from napari_invert.metrics import majority_baseline_dice
-        from napari_invert.study.results import StudyResults
-
         members = tuple(result.get("training_data_leakage", {}).get("members", []))
-        subjects = tuple(result["utility"]["subjects"])
-        key = (variant, members, subjects)
+        key = (variant, members, tuple(result["utility"]["subjects"]))
         if key not in self.cache:
-            results = StudyResults(self.study)
-            train = [results.labels(variant, s) for s in members]
-            test = [results.labels(variant, s) for s in subjects]
-            if not train or not test or any(x is None for x in [*train, *test]):
-                self.cache[key] = []
-            else:
-                n = results.cohort.get("n_classes") or int(max(int(a.max()) for a in [*train, *test])) + 1
-                self.cache[key] = [float(v) for v in majority_baseline_dice(train, test, int(n))]
+            n_classes = self.results.cohort.get("n_classes")
+            values = self.results.majority_baseline_dice(variant, members, key[2], n_classes)
+            self.cache[key] = [] if values is None else [float(v) for v in values]
         return self.cache[key]
 
 

@@ -118,8 +118,6 @@ def compute_baselines(
     private (training) labels, scored against the labels of its attack subjects. Labels
     are read from ``data/<variant>/labels``.
     """
-    from napari_invert.metrics import majority_baseline_dice
-
     splits = {int(f["fold"]): f for f in results.splits["folds"]}
     out: list[DiceBaseline] = []
     pairs = sorted(
@@ -134,12 +132,12 @@ def compute_baselines(
             trained_on += _original_dice(dice_rows, variant, arch, fold, "private")
             victim += _original_dice(dice_rows, variant, arch, fold, "attack")
             if (variant, fold) not in per_fold:
-                train = [results.labels(variant, s) for s in splits[fold]["private"]]
-                test = [results.labels(variant, s) for s in splits[fold]["attack"]]
-                if any(x is None for x in [*train, *test]) or not train or not test:
+                values = results.majority_baseline_dice(
+                    variant, splits[fold]["private"], splits[fold]["attack"], n_classes_hint
+                )
+                if values is None:
                     continue
-                n = n_classes_hint or int(max(int(a.max()) for a in [*train, *test])) + 1
-                per_fold[(variant, fold)] = majority_baseline_dice(train, test, n)
+                per_fold[(variant, fold)] = values
             base += list(per_fold[(variant, fold)])
         vm, _, nv = mean_sd(victim)
         bm, bsd, _ = mean_sd(base)

@@ -149,6 +149,22 @@ class StudyResults:
         path = self.folder.labels(variant, subject_id)
         return _read_array(path, np.int64) if path.is_file() else None
 
+    def majority_baseline_dice(
+        self, variant: str, train_ids: Sequence[str], test_ids: Sequence[str], n_classes: int | None = None
+    ) -> np.ndarray | None:
+        """Mean foreground Dice, one per ``test_ids`` subject, of the majority label map of the
+        ``train_ids`` subjects' labels (:func:`napari_invert.metrics.majority_baseline_dice`):
+        what a segmenter that ignores the image scores. ``n_classes``: default the largest
+        label + 1. None when a list is empty or a label map is missing."""
+        from napari_invert.metrics import majority_baseline_dice
+
+        train = [self.labels(variant, s) for s in train_ids]
+        test = [self.labels(variant, s) for s in test_ids]
+        if not train or not test or any(x is None for x in [*train, *test]):
+            return None
+        n = n_classes or int(max(int(a.max()) for a in [*train, *test])) + 1
+        return majority_baseline_dice(train, test, int(n))
+
     def prior(self, variant: str, fold: int) -> np.ndarray:
         return _read_array(self.folder.prior(variant, fold), np.float32)
 
